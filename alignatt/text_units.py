@@ -1,0 +1,44 @@
+"""Units of text: the granularity at which source is made accessible and target is emitted.
+
+Space-delimited languages use whitespace-separated words (punctuation stays attached to its word, as ASR
+systems print it). Chinese and Japanese use one unit per CJK character, with runs of other non-space
+characters (Latin names, numbers) kept together as one unit.
+"""
+from __future__ import annotations
+
+import re
+
+CHAR_LEVEL_LANGUAGES = frozenset({"zh", "ja"})
+
+# CJK ideographs, kana, and CJK/full-width punctuation each form a unit of their own.
+_CJK_CHAR = (
+    "\u3000-\u303f"  # CJK symbols and punctuation
+    "\u3040-\u30ff"  # hiragana, katakana
+    "\u3400-\u4dbf"  # extension A
+    "\u4e00-\u9fff"  # unified ideographs
+    "\uf900-\ufaff"  # compatibility ideographs
+    "\uff00-\uffef"  # half/full-width forms
+)
+_WORD_UNIT = re.compile(r"\S+")
+_CHAR_UNIT = re.compile(rf"[{_CJK_CHAR}]|[^\s{_CJK_CHAR}]+")
+
+
+def is_char_level(lang: str) -> bool:
+    """True when `lang` (an ISO code such as 'zh' or 'zh-CN') is segmented per character."""
+    return lang.split("-")[0].lower() in CHAR_LEVEL_LANGUAGES
+
+
+def unit_spans(text: str, char_level: bool = False) -> list[tuple[int, int]]:
+    """Character spans [start, end) of every unit of `text`, left to right."""
+    pattern = _CHAR_UNIT if char_level else _WORD_UNIT
+    return [m.span() for m in pattern.finditer(text)]
+
+
+def split_units(text: str, char_level: bool = False) -> list[str]:
+    """The units of `text` as strings."""
+    return [text[start:end] for start, end in unit_spans(text, char_level)]
+
+
+def join_units(units: list[str], char_level: bool = False) -> str:
+    """Inverse of `split_units` up to whitespace normalisation."""
+    return ("" if char_level else " ").join(units)
