@@ -20,12 +20,18 @@ _CJK_CHAR = (
     "\uff00-\uffef"  # half/full-width forms
 )
 _WORD_UNIT = re.compile(r"\S+")
+_CJK_ONE = re.compile(rf"[{_CJK_CHAR}]")
 _CHAR_UNIT = re.compile(rf"[{_CJK_CHAR}]|[^\s{_CJK_CHAR}]+")
 
 
 def is_char_level(lang: str) -> bool:
     """True when `lang` (an ISO code such as 'zh' or 'zh-CN') is segmented per character."""
     return lang.split("-")[0].lower() in CHAR_LEVEL_LANGUAGES
+
+
+def is_cjk_char(text: str) -> bool:
+    """True for a single CJK character (a unit of its own in character-level languages)."""
+    return _CJK_ONE.fullmatch(text) is not None
 
 
 def unit_spans(text: str, char_level: bool = False) -> list[tuple[int, int]]:

@@ -1,0 +1,143 @@
+"""Default ASR backend: transformers-native Qwen3-ASR transcription + Qwen3-ForcedAligner word times.
+
+Uses the classes shipped in transformers 5.x (`Qwen3ASRForConditionalGeneration`, `Qwen3ASRForTokenClassification`,
+`Qwen3ASRProcessor`) and therefore the `-hf` checkpoints (Qwen/Qwen3-ASR-1.7B-hf, Qwen/Qwen3-ASR-0.6B-hf,
+Qwen/Qwen3-ForcedAligner-0.6B-hf). The PyPI package `qwen-asr` (0.0.6) cannot be used: it pins
+transformers==4.57.6 and does not import or run on transformers 5.x.
+
+Pipeline per call: the processor's transcription request forces the language ("language English<asr_text>" is
+prefilled, so the model emits only the transcript), greedy generation, then the forced aligner classifies each
+`<timestamp>` slot of "word<timestamp><timestamp>" into 80 ms bins; `decode_forced_alignment` returns
+[{text, start_time, end_time}] in seconds relative to the window. The aligner drops punctuation from its words, so
+times are mapped back onto the transcript's whitespace tokens (punctuation kept, as the sentence commit needs it).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from alignatt.asr import AsrBackend, Word, check_audio, make_monotonic, to_absolute, window_duration_s
+
+logger = logging.getLogger(__name__)
+
+QWEN3_ASR_1_7B = "Qwen/Qwen3-ASR-1.7B-hf"
+QWEN3_ASR_0_6B = "Qwen/Qwen3-ASR-0.6B-hf"
+QWEN3_FORCED_ALIGNER_0_6B = "Qwen/Qwen3-ForcedAligner-0.6B-hf"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Qwen3AsrOptions:
+    """Which checkpoints to load and how to run them. Revisions default to None (the hub's current head)."""
+
+    asr_model: str = QWEN3_ASR_1_7B
+    asr_revision: str | None = None
+    aligner_model: str = QWEN3_FORCED_ALIGNER_0_6B
+    aligner_revision: str | None = None
+    device: str = "cpu"
+    dtype: str = "auto"  # "auto" = bfloat16 on CUDA, float32 elsewhere
+    language: str = "English"  # forced: the cascade translates English talks
+    max_new_tokens: int = 256  # ~30 s of open speech is ~120 tokens
+
+    def __post_init__(self):
+        if self.dtype != "auto" and self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        if self.max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return _DTYPES[dtype]
+
+
+class Qwen3AsrBackend(AsrBackend):
+    """Qwen3-ASR + forced aligner. Construct from loaded objects (tests inject tiny models) or `from_pretrained`."""
+
+    def __init__(self, asr_model, asr_processor, aligner_model, aligner_processor,
+                 options: Qwen3AsrOptions = Qwen3AsrOptions()):
+        self.asr_model = asr_model.eval()
+        self.asr_processor = asr_processor
+        self.aligner_model = aligner_model.eval()
+        self.aligner_processor = aligner_processor
+        self.options = options
+
+    @classmethod
+    def from_pretrained(cls, options: Qwen3AsrOptions = Qwen3AsrOptions()) -> Qwen3AsrBackend:
+        # Explicit model classes: a mismatched Auto class can silently random-initialise weights.
+        from transformers import AutoProcessor, Qwen3ASRForConditionalGeneration, Qwen3ASRForTokenClassification
+
+        dtype = resolve_dtype(options.dtype, options.device)
+        logger.info("loading %s and %s (%s on %s)", options.asr_model, options.aligner_model, dtype, options.device)
+        asr_processor = AutoProcessor.from_pretrained(options.asr_model, revision=options.asr_revision)
+        asr_model = Qwen3ASRForConditionalGeneration.from_pretrained(
+            options.asr_model, revision=options.asr_revision, dtype=dtype).to(options.device)
+        aligner_processor = AutoProcessor.from_pretrained(options.aligner_model, revision=options.aligner_revision)
+        aligner_model = Qwen3ASRForTokenClassification.from_pretrained(
+            options.aligner_model, revision=options.aligner_revision, dtype=dtype).to(options.device)
+        return cls(asr_model, asr_processor, aligner_model, aligner_processor, options)
+
+    def transcribe(self, audio: np.ndarray, offset_s: float) -> list[Word]:
+        check_audio(audio)
+        if len(audio) == 0:
+            return []
+        return self.align(audio, self.recognize(audio), offset_s)
+
+    def recognize(self, audio: np.ndarray) -> str:
+        """Transcript of the window (punctuated text, no times)."""
+        inputs = self.asr_processor.apply_transcription_request(audio=audio, language=self.options.language)
+        inputs = inputs.to(self.asr_model.device, self.asr_model.dtype)
+        with torch.inference_mode():
+            output_ids = self.asr_model.generate(**inputs, max_new_tokens=self.options.max_new_tokens,
+                                                 do_sample=False)
+        generated = output_ids[:, inputs["input_ids"].shape[1]:]  # (1, new_tokens)
+        return self.asr_processor.decode(generated, return_format="transcription_only")[0]
+
+    def align(self, audio: np.ndarray, transcript: str, offset_s: float) -> list[Word]:
+        """Timed whitespace tokens of `transcript` over `audio` (window starting at absolute `offset_s`)."""
+        tokens = transcript.split()
+        pieces = [len(self.aligner_processor.split_words_for_alignment(t, self.options.language)) for t in tokens]
+        if sum(pieces) == 0:
+            return []  # nothing alignable: empty or punctuation-only output is noise, not speech
+        aligned = self._run_aligner(audio, transcript)
+        duration_s = window_duration_s(audio)
+        timed = attach_times(tokens, pieces, aligned)
+        return make_monotonic([to_absolute(text, s, e, offset_s, duration_s) for text, s, e in timed])
+
+    def _run_aligner(self, audio: np.ndarray, transcript: str) -> list[dict]:
+        inputs, word_lists = self.aligner_processor.prepare_forced_aligner_inputs(
+            audio=audio, transcript=transcript, language=self.options.language)
+        inputs = inputs.to(self.aligner_model.device, self.aligner_model.dtype)
+        with torch.inference_mode():
+            logits = self.aligner_model(**inputs).logits  # (1, seq, num_time_bins)
+        return self.aligner_processor.decode_forced_alignment(
+            logits=logits, input_ids=inputs["input_ids"], word_lists=word_lists,
+            timestamp_token_id=self.aligner_model.config.timestamp_token_id)[0]
+
+
+def attach_times(tokens: list[str], pieces: list[int], aligned: list[dict]) -> list[tuple[str, float, float]]:
+    """Give each whitespace token the span of its aligner words (pieces[i] of them, in order).
+
+    A token with no alignable characters (standalone punctuation such as "-") gets the preceding token's end
+    time, matching how the source side times standalone punctuation units.
+    """
+    if sum(pieces) != len(aligned):
+        logger.warning("aligner returned %d words for %d expected; using its words without punctuation",
+                       len(aligned), sum(pieces))
+        return [(a["text"], a["start_time"], a["end_time"]) for a in aligned]
+    timed: list[tuple[str, float, float]] = []
+    index = 0
+    previous_end = aligned[0]["start_time"] if aligned else 0.0
+    for token, count in zip(tokens, pieces):
+        if count == 0:
+            timed.append((token, previous_end, previous_end))
+            continue
+        start, end = aligned[index]["start_time"], aligned[index + count - 1]["end_time"]
+        timed.append((token, start, end))
+        index += count
+        previous_end = end
+    return timed

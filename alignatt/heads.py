@@ -1,0 +1,129 @@
+"""The heads file: which (layer, head) pairs align target tokens to source words, as data.
+
+Format (JSON, `format` = "alignatt-heads/1"):
+  model: {id, revision, num_hidden_layers, num_attention_heads}   the model the scores belong to
+  direction: "en-de"
+  top_k: how many of the ranked heads the agent uses
+  heads: [{layer, head, score}, ...] ranked best first; score = TS(l, h), null when unknown
+  calibration: free-form metadata (data, sizes, date, stability checks, provenance)
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from alignatt.capture import HeadRef
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "alignatt-heads/1"
+SHIPPED_DIR = "heads_files"
+
+
+class HeadsFileError(ValueError):
+    """A heads file that cannot be read or does not fit the loaded model."""
+
+
+@dataclass(frozen=True)
+class HeadScore:
+    layer: int
+    head: int
+    score: float | None = None
+
+    @property
+    def ref(self) -> HeadRef:
+        return HeadRef(self.layer, self.head)
+
+
+@dataclass(frozen=True)
+class HeadsFile:
+    model_id: str
+    direction: str
+    heads: tuple[HeadScore, ...]
+    num_hidden_layers: int
+    num_attention_heads: int
+    top_k: int = 4
+    revision: str | None = None
+    calibration: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.heads:
+            raise HeadsFileError("a heads file needs at least one head")
+        if not 1 <= self.top_k <= len(self.heads):
+            raise HeadsFileError(f"top_k={self.top_k} but the file ranks {len(self.heads)} heads")
+        if len({(h.layer, h.head) for h in self.heads}) != len(self.heads):
+            raise HeadsFileError("a head is listed twice")
+
+    def selected(self) -> tuple[HeadRef, ...]:
+        """The top_k heads the policy uses."""
+        return tuple(h.ref for h in self.heads[: self.top_k])
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "model": {"id": self.model_id, "revision": self.revision, "num_hidden_layers": self.num_hidden_layers,
+                      "num_attention_heads": self.num_attention_heads},
+            "direction": self.direction,
+            "top_k": self.top_k,
+            "heads": [{"layer": h.layer, "head": h.head, "score": h.score} for h in self.heads],
+            "calibration": self.calibration,
+        }
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "HeadsFile":
+        if data.get("format") != FORMAT:
+            raise HeadsFileError(f"not a heads file: format is {data.get('format')!r}, expected {FORMAT!r}")
+        try:
+            model = data["model"]
+            heads = tuple(HeadScore(int(h["layer"]), int(h["head"]),
+                                    None if h.get("score") is None else float(h["score"]))
+                          for h in data["heads"])
+            return cls(model_id=model["id"], revision=model.get("revision"), direction=data["direction"],
+                       heads=heads, num_hidden_layers=int(model["num_hidden_layers"]),
+                       num_attention_heads=int(model["num_attention_heads"]), top_k=int(data.get("top_k", 4)),
+                       calibration=dict(data.get("calibration", {})))
+        except (KeyError, TypeError, ValueError) as err:
+            if isinstance(err, HeadsFileError):
+                raise
+            raise HeadsFileError(f"malformed heads file: {err!r}") from err
+
+    @classmethod
+    def load(cls, path: str | Path) -> "HeadsFile":
+        path = Path(path)
+        if not path.is_file():
+            raise HeadsFileError(f"heads file not found: {path}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise HeadsFileError(f"{path}: not valid JSON ({err})") from err
+        return cls.from_dict(data)
+
+    def check_fits(self, model_config, model_id: str | None = None) -> None:
+        """Raise HeadsFileError unless every head exists in a model with this config."""
+        text = model_config.get_text_config()
+        layers, n_heads = int(text.num_hidden_layers), int(text.num_attention_heads)
+        if (layers, n_heads) != (self.num_hidden_layers, self.num_attention_heads):
+            raise HeadsFileError(
+                f"heads file is for {self.model_id} ({self.num_hidden_layers} layers x {self.num_attention_heads} "
+                f"heads) but the loaded model has {layers} layers x {n_heads} heads")
+        bad = [h for h in self.heads if not (0 <= h.layer < layers and 0 <= h.head < n_heads)]
+        if bad:
+            raise HeadsFileError(f"heads outside the model: {bad}")
+        if model_id is not None and model_id != self.model_id:
+            logger.warning("heads calibrated on %s are used with %s", self.model_id, model_id)
+
+
+def shipped_heads_path(model_id: str, direction: str) -> Path:
+    """Path of a heads file shipped with the package, e.g. ('google/gemma-4-E4B-it', 'en-de')."""
+    name = f"{model_id.split('/')[-1]}.{direction}.json"
+    path = Path(str(resources.files("alignatt").joinpath(SHIPPED_DIR, name)))
+    if not path.is_file():
+        raise HeadsFileError(f"no shipped heads file for {model_id} {direction}; calibrate one "
+                             f"(python -m calibration.select_heads) and pass its path")
+    return path
