@@ -35,3 +35,13 @@ def build(kind: str, dtype: torch.dtype = torch.float32, vocab_size: int = 512, 
         raise ValueError(kind)
     model.config._attn_implementation = "sdpa"
     return model.to(dtype).eval()
+
+
+def build_gemma4_conditional(seed: int = 0):
+    """The class AutoModelForCausalLM returns for Gemma-4 -it checkpoints (text-only here)."""
+    from transformers import Gemma4Config, Gemma4ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = Gemma4Config(text_config=gemma4_text_config().to_dict(), vision_config=None, audio_config=None)
+    config.get_text_config()._attn_implementation = "sdpa"
+    return Gemma4ForConditionalGeneration(config).eval()
