@@ -37,11 +37,21 @@ def build(kind: str, dtype: torch.dtype = torch.float32, vocab_size: int = 512, 
     return model.to(dtype).eval()
 
 
-def build_gemma4_conditional(seed: int = 0):
+def build_gemma4_conditional(seed: int = 0, vocab_size: int = 512):
     """The class AutoModelForCausalLM returns for Gemma-4 -it checkpoints (text-only here)."""
     from transformers import Gemma4Config, Gemma4ForConditionalGeneration
 
     torch.manual_seed(seed)
-    config = Gemma4Config(text_config=gemma4_text_config().to_dict(), vision_config=None, audio_config=None)
+    config = Gemma4Config(text_config=gemma4_text_config(vocab_size).to_dict(), vision_config=None, audio_config=None)
     config.get_text_config()._attn_implementation = "sdpa"
     return Gemma4ForConditionalGeneration(config).eval()
+
+
+def build_qwen3(vocab_size: int, seed: int = 0):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen3Config(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, pad_token_id=0)
+    config._attn_implementation = "sdpa"
+    return Qwen3ForCausalLM(config).eval()

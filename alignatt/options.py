@@ -1,0 +1,52 @@
+"""Command-line flags derived from option dataclasses, so every option is declared exactly once."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def _flag(prefix: str, name: str) -> str:
+    return "--" + (prefix + name).replace("_", "-")
+
+
+def _value_type(annotation: Any) -> type:
+    """The concrete type of `X`, `X | None` or `Optional[X]`."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) != 1:
+            raise TypeError(f"unsupported option type {annotation}")
+        return args[0]
+    return annotation
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
+                            skip: tuple[str, ...] = ()) -> None:
+    """Add one flag per field of the dataclass `cls` (--prefix-field-name), help from field metadata."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind = _value_type(hints[f.name])
+        help_text = f.metadata.get("help", "")
+        if kind is bool:
+            parser.add_argument(_flag(prefix, f.name), action=argparse.BooleanOptionalAction, default=f.default,
+                                help=help_text)
+        else:
+            parser.add_argument(_flag(prefix, f.name), type=kind, default=f.default,
+                                help=f"{help_text} (default: {f.default})")
+
+
+def dataclass_from_args(cls: type[T], args: Any, prefix: str = "", **overrides: Any) -> T:
+    """Build `cls` from parsed flags (or any namespace), fields missing from `args` keep their defaults."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        attr = (prefix + f.name).replace("-", "_")
+        if hasattr(args, attr):
+            values[f.name] = getattr(args, attr)
+    values.update(overrides)
+    return cls(**values)

@@ -1,0 +1,80 @@
+"""The heads file: round trip, shipped defaults, rejection of files that do not fit the model."""
+import json
+
+import pytest
+
+from alignatt.capture import HeadRef
+from alignatt.heads import HeadsFile, HeadScore, HeadsFileError, shipped_heads_path
+from tiny_models import build, build_gemma4_conditional
+
+
+def tiny_heads(**overrides):
+    values = dict(model_id="tiny/gemma4", direction="en-de", num_hidden_layers=6, num_attention_heads=4, top_k=2,
+                  heads=(HeadScore(2, 1, 0.9), HeadScore(5, 0, 0.8), HeadScore(0, 3, None)),
+                  calibration={"pairs": 12})
+    values.update(overrides)
+    return HeadsFile(**values)
+
+
+def test_round_trip(tmp_path):
+    heads = tiny_heads(revision="main")
+    heads.save(tmp_path / "h.json")
+    loaded = HeadsFile.load(tmp_path / "h.json")
+    assert loaded == heads
+    assert loaded.selected() == (HeadRef(2, 1), HeadRef(5, 0))
+
+
+def test_fits_the_model_it_was_made_for():
+    tiny_heads().check_fits(build("gemma4").config)
+    tiny_heads().check_fits(build_gemma4_conditional().config)  # nested text config
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(num_hidden_layers=42, num_attention_heads=8), "42 layers x 8 heads"),
+    (dict(heads=(HeadScore(6, 0),), top_k=1), "outside the model"),
+    (dict(heads=(HeadScore(1, 4),), top_k=1), "outside the model"),
+])
+def test_rejects_a_file_that_does_not_fit(overrides, message):
+    with pytest.raises(HeadsFileError, match=message):
+        tiny_heads(**overrides).check_fits(build("gemma4").config)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("not json", "not valid JSON"),
+    (json.dumps({"format": "other"}), "not a heads file"),
+    (json.dumps({"format": "alignatt-heads/1", "model": {"id": "x"}}), "malformed"),
+])
+def test_rejects_malformed_files(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(HeadsFileError, match=message):
+        HeadsFile.load(path)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(HeadsFileError, match="not found"):
+        HeadsFile.load(tmp_path / "missing.json")
+
+
+def test_invalid_contents_are_rejected():
+    with pytest.raises(HeadsFileError, match="top_k"):
+        tiny_heads(top_k=5)
+    with pytest.raises(HeadsFileError, match="twice"):
+        tiny_heads(heads=(HeadScore(1, 1), HeadScore(1, 1)), top_k=1)
+
+
+@pytest.mark.parametrize("direction, top4", [
+    ("en-de", [(11, 3), (6, 5), (17, 3), (20, 0)]),
+    ("en-it", [(11, 3), (6, 5), (17, 3), (20, 0)]),
+    ("en-zh", [(11, 3), (6, 5), (17, 3), (5, 0)]),
+])
+def test_shipped_published_gemma4_heads(direction, top4):
+    heads = HeadsFile.load(shipped_heads_path("google/gemma-4-E4B-it", direction))
+    assert [(h.layer, h.head) for h in heads.selected()] == top4
+    assert (heads.num_hidden_layers, heads.num_attention_heads) == (42, 8)
+    assert "published" in heads.calibration["provenance"]
+
+
+def test_no_shipped_file_for_unknown_models():
+    with pytest.raises(HeadsFileError, match="calibrate"):
+        shipped_heads_path("someone/other-model", "en-de")

@@ -1,0 +1,93 @@
+"""SourceState: timed units that match the prompt's units, committed-sentence queue, accessibility frontier."""
+import pytest
+
+from alignatt.asr import Word
+from alignatt.source import SourceOptions, SourceState, build_sentence
+from alignatt.text_units import split_units
+from alignatt.transcriber import Sentence, TranscriptUpdate
+
+
+def update(committed=(), tail=(), boundary_s=0.0):
+    sentences = tuple(Sentence(tuple(words), "agreed") for words in committed)
+    return TranscriptUpdate(sentences, tuple(tail), boundary_s)
+
+
+def test_units_match_the_text_units_and_carry_word_end_times():
+    sentence = build_sentence([Word("Hello,", 0.0, 0.4), Word("world.", 0.5, 0.9)])
+    assert sentence.text == "Hello, world."
+    assert [u.text for u in sentence.units] == split_units(sentence.text) == ["Hello,", "world."]
+    assert [u.end_s for u in sentence.units] == [0.4, 0.9]
+
+
+def test_words_with_internal_spaces_split_into_units_timed_by_the_whole_word():
+    words = [Word("in", 0.0, 0.2), Word(" New  York ", 0.3, 1.0), Word("today", 1.1, 1.5)]
+    sentence = build_sentence(words)
+    assert sentence.text == "in New York today"
+    assert len(sentence.units) == len(split_units(sentence.text)) == 4
+    assert [u.end_s for u in sentence.units] == [0.2, 1.0, 1.0, 1.5]
+
+
+def test_standalone_punctuation_takes_the_preceding_units_end_time():
+    words = [Word("yes", 0.0, 0.3), Word("-", 2.0, 2.0), Word("no", 2.1, 2.4), Word("…", 3.0, 3.0)]
+    sentence = build_sentence(words)
+    assert [u.text for u in sentence.units] == ["yes", "-", "no", "…"]
+    assert [u.end_s for u in sentence.units] == [0.3, 0.3, 2.4, 2.4]
+    # The frontier counts the punctuation unit together with the word before it.
+    assert sentence.accessible_units(0.3) == 2
+    assert sentence.accessible_units(2.4) == 4
+
+
+def test_empty_words_are_skipped_so_counts_still_match():
+    sentence = build_sentence([Word("a", 0.0, 0.1), Word("  ", 0.1, 0.2), Word("b", 0.2, 0.3)])
+    assert sentence.text == "a b" and len(sentence.units) == 2
+
+
+def test_char_level_units_map_to_their_words():
+    sentence = build_sentence([Word("你好", 0.0, 0.5), Word("GPU4", 0.6, 0.9), Word("。", 0.9, 0.9)], char_level=True)
+    assert [u.text for u in sentence.units] == split_units(sentence.text, char_level=True)
+    assert [u.text for u in sentence.units] == ["你", "好", "GPU4", "。"]
+    assert [u.end_s for u in sentence.units] == [0.5, 0.5, 0.9, 0.9]
+
+
+def test_frontier_uses_absolute_time_for_a_sentence_starting_at_30_s():
+    state = SourceState()
+    first = [Word("It", 28.0, 28.5), Word("ended.", 28.6, 29.9)]
+    second = [Word("Then", 30.0, 31.0), Word("more", 31.1, 31.5)]
+    state.apply(update(committed=[first], tail=second, boundary_s=29.9))
+    assert state.open_text == "Then more"
+    # Utterance-relative ends (1.0 s, 1.5 s) would count as heard at 30.5 s: absolute ones are not.
+    assert state.accessible_units(30.5) == 0
+    assert state.accessible_units(31.0) == 1
+    assert state.accessible_units(31.5) == 2
+
+
+def test_margin_delays_accessibility():
+    state = SourceState(SourceOptions(margin_ms=300))
+    state.apply(update(tail=[Word("a", 0.0, 1.0), Word("b", 1.0, 2.0)]))
+    assert state.accessible_units(1.2) == 0
+    assert state.accessible_units(1.3) == 1
+    assert state.accessible_units(10.0) == 2
+
+
+def test_frontier_is_a_prefix():
+    # A later unit with an earlier time (aligner noise) never makes the frontier jump over an unheard unit.
+    sentence = build_sentence([Word("a", 0.0, 1.0), Word("b", 1.0, 3.0), Word("c", 1.5, 2.0)])
+    assert sentence.accessible_units(2.5) == 1
+
+
+def test_committed_sentences_queue_until_consumed():
+    state = SourceState()
+    state.apply(update(committed=[[Word("One.", 0, 1)], [Word("Two.", 1, 2)]], tail=[Word("Three", 2, 3)]))
+    assert state.has_pending
+    assert state.pop_committed().text == "One."
+    assert state.pop_committed().text == "Two."
+    assert state.pop_committed() is None and not state.has_pending
+    assert [s.text for s in state.committed] == ["One.", "Two."]
+    assert state.committed[0].reason == "agreed"
+    state.apply(update(tail=[]))
+    assert state.open_text == "" and state.accessible_units(100.0) == 0
+
+
+def test_negative_margin_is_rejected():
+    with pytest.raises(ValueError):
+        SourceOptions(margin_ms=-1)
