@@ -66,6 +66,12 @@ class RenderedPrompt:
     source_token_units: np.ndarray  # (S,) unit index of each of those tokens
     n_accessible_units: int
     target_prefix: str
+    token_offsets: tuple[tuple[int, int], ...]  # character span of every token in `text`
+
+    @property
+    def target_char_span(self) -> tuple[int, int]:
+        """Where the prefilled target sits: at the very end of the prompt."""
+        return len(self.text) - len(self.target_prefix), len(self.text)
 
     @property
     def n_units(self) -> int:
@@ -160,7 +166,8 @@ class PromptBuilder:
             text=text, input_ids=tuple(encoding["input_ids"]), source_char_span=span, unit_char_spans=units,
             unit_token_spans=unit_token_spans(encoding["offset_mapping"], units),
             source_token_positions=positions, source_token_units=token_units,
-            n_accessible_units=n_accessible, target_prefix=target_prefix)
+            n_accessible_units=n_accessible, target_prefix=target_prefix,
+            token_offsets=tuple(map(tuple, encoding["offset_mapping"])))
 
 
 def map_source_tokens(text: str, offsets: Sequence[tuple[int, int]], span: tuple[int, int],
