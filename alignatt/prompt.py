@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from alignatt.text_units import unit_spans
+from alignatt.text_units import is_char_level, unit_spans
 
 LANGUAGE_NAMES = {"en": "English", "de": "German", "it": "Italian", "zh": "Chinese", "fr": "French",
                   "es": "Spanish", "ja": "Japanese", "nl": "Dutch", "pt": "Portuguese", "ru": "Russian"}
@@ -157,7 +157,8 @@ class PromptBuilder:
                   target_prefix: str) -> RenderedPrompt:
         encoding = self.tokenizer(text, add_special_tokens=self.config.style == "plain",
                                   return_offsets_mapping=True)
-        units = tuple((span[0] + a, span[0] + b) for a, b in unit_spans(text[span[0]:span[1]]))
+        source_units = unit_spans(text[span[0]:span[1]], is_char_level(self.config.source_lang))
+        units = tuple((span[0] + a, span[0] + b) for a, b in source_units)
         n_accessible = len(units) if n_accessible_units is None else n_accessible_units
         if not 0 <= n_accessible <= len(units):
             raise ValueError(f"{n_accessible} accessible units, but the source has {len(units)}")

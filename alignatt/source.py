@@ -13,16 +13,13 @@ ABSOLUTE stream seconds; the frontier is the number of leading accessible units 
 from __future__ import annotations
 
 import bisect
-import logging
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from alignatt.asr import Word
 from alignatt.text_units import unit_spans
 from alignatt.transcriber import CommitReason, TranscriptUpdate
-
-logger = logging.getLogger(__name__)
 
 # Float slack so a word ending exactly at the heard time counts as heard despite rounding.
 _TIME_EPSILON_S = 1e-9
@@ -30,8 +27,10 @@ _TIME_EPSILON_S = 1e-9
 
 @dataclass(frozen=True)
 class SourceOptions:
-    margin_ms: float = 0.0  # extra audio required after a unit's end time before it is accessible
-    char_level: bool = False  # unit granularity of the source language (English: words)
+    margin_ms: float = field(default=0.0, metadata={
+        "help": "audio that must follow a source unit's end time before the unit is accessible"})
+    char_level: bool = field(default=False, metadata={
+        "help": "one unit per CJK character in the source (off for English: one unit per word)"})
 
     def __post_init__(self):
         if self.margin_ms < 0:
@@ -79,6 +78,7 @@ def build_sentence(words: Sequence[Word], char_level: bool = False,
         word = kept[bisect.bisect_right(starts, begin) - 1][1]
         unit_text = text[begin:end]
         end_s = word.end_s
+        # Standalone punctuation is not speech: it becomes accessible with the word it follows.
         if units and not any(ch.isalnum() for ch in unit_text):
             end_s = units[-1].end_s
         units.append(TimedUnit(unit_text, end_s))

@@ -9,14 +9,15 @@ hypotheses of that span agree word by word through a sentence-final word (. ? ! 
 - ellipses ("...", "…") and common abbreviations ("Mr.", "e.g.") do not end a sentence;
 - every agreed sentence end commits, so one update may commit several sentences.
 The committed last word's end time becomes the new boundary. A length guard force-commits when the open audio
-exceeds `max_open_s`: the agreed prefix if any, else all but the last `force_keep_words` words; when not even that
-exists (silence, noise) the audio older than `drop_keep_s` is dropped. `finish` commits everything at the end.
+exceeds `max_open_s`: the agreed prefix if any, else all but the last `force_keep_words` words (cut into sentences
+at the latest hypothesis's punctuation); when not even that exists (silence, noise) the audio older than
+`drop_keep_s` is dropped. `finish` commits everything at the end.
 All times are absolute stream seconds.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 from alignatt.asr import AsrBackend, Word
@@ -34,9 +35,12 @@ CommitReason = Literal["agreed", "length_guard", "end_of_stream"]
 
 @dataclass(frozen=True)
 class TranscriberOptions:
-    max_open_s: float = 30.0  # length guard: bounds the audio re-transcribed per chunk
-    force_keep_words: int = 3  # words left open by a forced commit without agreement
-    drop_keep_s: float = 5.0  # audio kept when a forced commit finds no words at all
+    # The length guard bounds the audio re-transcribed per chunk, hence compute per chunk.
+    max_open_s: float = field(default=30.0, metadata={"help": "force a commit when the open audio exceeds this"})
+    force_keep_words: int = field(default=3, metadata={
+        "help": "words left open by a forced commit when hypotheses do not agree"})
+    drop_keep_s: float = field(default=5.0, metadata={
+        "help": "audio kept open when a forced commit finds no words at all (silence, noise)"})
 
     def __post_init__(self):
         if self.max_open_s <= 0 or self.drop_keep_s < 0 or self.force_keep_words < 0:
@@ -158,7 +162,7 @@ class IncrementalTranscriber:
         count = agreed or max(0, len(hypothesis) - self.options.force_keep_words)
         if count:
             logger.info("open audio over %.1f s: force-committing %d words", self.options.max_open_s, count)
-            return self._commit([Sentence(tuple(hypothesis[:count]), "length_guard")], hypothesis[count:])
+            return self._commit(split_sentences(hypothesis[:count], "length_guard"), hypothesis[count:])
         logger.warning("open audio over %.1f s with no committable words: dropping audio before %.1f s (%d words)",
                        self.options.max_open_s, now_s - self.options.drop_keep_s, len(hypothesis))
         self._boundary_s = max(self._boundary_s, now_s - self.options.drop_keep_s)

@@ -25,9 +25,8 @@ from alignatt.asr import Word  # noqa: E402
 from alignatt.asr_qwen3 import Qwen3AsrBackend, Qwen3AsrOptions, attach_times, resolve_dtype  # noqa: E402
 from alignatt.audio import SAMPLE_RATE_HZ, AudioBuffer  # noqa: E402
 from alignatt.transcriber import IncrementalTranscriber  # noqa: E402
+from offline_tokenizers import QWEN_PATTERN  # noqa: E402
 
-QWEN_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_start|>", "<|audio_end|>",
                   "<|audio_pad|>", "<timestamp>", "<asr_text>"]
 AUDIO = "<|audio_start|><|audio_pad|><|audio_end|>"

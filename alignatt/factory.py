@@ -1,0 +1,99 @@
+"""Build a ready cascade from flat options (argparse flags or any namespace, e.g. SimulStream's YAML).
+
+Every option is a field of one dataclass; flags are derived from the fields. Options missing from the
+namespace keep their defaults, and `check_known` rejects keys no dataclass declares, so a typo in a YAML
+configuration is an error instead of a silently ignored setting.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+
+from alignatt.asr import BACKENDS, load_backend
+from alignatt.cascade import PRESETS, Cascade, CascadeOptions
+from alignatt.heads import HeadsFile, shipped_heads_path
+from alignatt.options import add_dataclass_arguments, dataclass_from_args
+from alignatt.policy import PolicyConfig
+from alignatt.prompt import PromptConfig
+from alignatt.source import SourceOptions
+from alignatt.transcriber import TranscriberOptions
+from alignatt.translator import Translator, TranslatorConfig
+
+logger = logging.getLogger(__name__)
+
+
+def _option_groups():
+    """(dataclass, flag prefix) for every option group, ASR backends imported lazily."""
+    from alignatt.asr_qwen3 import Qwen3AsrOptions
+    from alignatt.asr_whisper import WhisperOptions
+
+    return [(TranslatorConfig, "mt-"), (PromptConfig, ""), (PolicyConfig, ""), (CascadeOptions, ""),
+            (TranscriberOptions, ""), (SourceOptions, "source-"), (Qwen3AsrOptions, "qwen3-"),
+            (WhisperOptions, "whisper-")]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="operating point: low (850 ms steps, ~2 s) or high (1500 ms steps, <4 s); "
+                             "overrides --step-ms")
+    parser.add_argument("--heads", default=None,
+                        help="heads JSON (default: the shipped file for --mt-model-id and the direction)")
+    parser.add_argument("--asr-backend", choices=BACKENDS, default="qwen3", help="ASR backend")
+    parser.add_argument("--few-shot-file", default=None,
+                        help="JSONL of {src_ref, tgt_ref} examples for --style plain prompts")
+    for cls, prefix in _option_groups():
+        add_dataclass_arguments(parser, cls, prefix)
+
+
+def known_option_names() -> set[str]:
+    names = {"preset", "heads", "asr_backend", "few_shot_file"}
+    for cls, prefix in _option_groups():
+        names |= {(prefix + f.name).replace("-", "_") for f in dataclasses.fields(cls)}
+    return names
+
+
+def check_known(options: dict) -> None:
+    """Raise on keys that no option declares (for configuration files)."""
+    unknown = sorted(set(options) - known_option_names())
+    if unknown:
+        raise ValueError(f"unknown option(s): {', '.join(unknown)}")
+
+
+def load_heads(args, translator_config: TranslatorConfig, prompt_config: PromptConfig) -> HeadsFile:
+    path = getattr(args, "heads", None) or shipped_heads_path(
+        translator_config.model_id, f"{prompt_config.source_lang}-{prompt_config.target_lang}")
+    return HeadsFile.load(path)
+
+
+def load_few_shot(path: str | None) -> list[tuple[str, str]]:
+    if not path:
+        return []
+    import json
+
+    with open(path, encoding="utf-8") as lines:
+        return [(row["src_ref"], row["tgt_ref"]) for row in map(json.loads, lines) if row]
+
+
+def cascade_options(args) -> CascadeOptions:
+    preset = getattr(args, "preset", None)
+    return dataclass_from_args(CascadeOptions, args, **PRESETS.get(preset, {}))
+
+
+def build_cascade(args) -> Cascade:
+    """Load the ASR backend and the translator named by `args` and wire the cascade."""
+    from alignatt.asr_qwen3 import Qwen3AsrOptions
+    from alignatt.asr_whisper import WhisperOptions
+
+    translator_config = dataclass_from_args(TranslatorConfig, args, prefix="mt-")
+    prompt_config = dataclass_from_args(PromptConfig, args)
+    heads = load_heads(args, translator_config, prompt_config)  # fail fast, before loading models
+    backend_name = getattr(args, "asr_backend", "qwen3")
+    backend_options = (dataclass_from_args(Qwen3AsrOptions, args, prefix="qwen3-") if backend_name == "qwen3"
+                       else dataclass_from_args(WhisperOptions, args, prefix="whisper-"))
+    translator = Translator.from_pretrained(translator_config, heads, prompt_config,
+                                            dataclass_from_args(PolicyConfig, args),
+                                            load_few_shot(getattr(args, "few_shot_file", None)))
+    return Cascade(load_backend(backend_name, backend_options), translator, cascade_options(args),
+                   dataclass_from_args(TranscriberOptions, args),
+                   dataclass_from_args(SourceOptions, args, prefix="source-"))
