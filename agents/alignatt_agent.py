@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 from simuleval.agents import SpeechToTextAgent
@@ -16,11 +17,22 @@ from simuleval.utils import entrypoint
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout too
 
-from alignatt.factory import add_arguments, build_cascade  # noqa: E402
+from alignatt.factory import add_arguments, build_cascade, check_known  # noqa: E402
 from alignatt.heads import HeadsFileError  # noqa: E402
 from alignatt.text_units import is_char_level  # noqa: E402
 
 logger = logging.getLogger(__name__)
+
+
+def engine_options(args):
+    """SimulEval hands parsed flags; SimulStream's SimulEvalWrapper hands its YAML, where the engine options
+    sit under `alignatt:` and are checked strictly (a typo is an error, not a silently ignored key)."""
+    nested = getattr(args, "alignatt", None)
+    if nested is None:
+        return args
+    options = dict(vars(nested))
+    check_known(options)
+    return SimpleNamespace(**options)
 
 
 @entrypoint
@@ -28,13 +40,13 @@ class AlignAttAgent(SpeechToTextAgent):
     """Writes every newly accepted target unit once per source chunk; everything left on the final call."""
 
     def __init__(self, args):
-        super().__init__(args)
         try:
-            self.cascade = build_cascade(args)
+            self.cascade = build_cascade(engine_options(args))  # before super(): GenericAgent.__init__ calls reset()
         except (HeadsFileError, ValueError, OSError) as err:
             raise SystemExit(f"alignatt agent: {err}") from err
         self.joiner = "" if is_char_level(self.cascade.translator.prompts.config.target_lang) else " "
         self._n_samples_seen = 0
+        super().__init__(args)
 
     @staticmethod
     def add_args(parser):

@@ -20,13 +20,13 @@ import numpy as np
 import torch
 
 from alignatt.asr import AsrBackend, Word, check_audio, make_monotonic, to_absolute, window_duration_s
+from alignatt.devices import DTYPES, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
 QWEN3_ASR_1_7B = "Qwen/Qwen3-ASR-1.7B-hf"
 QWEN3_ASR_0_6B = "Qwen/Qwen3-ASR-0.6B-hf"
 QWEN3_FORCED_ALIGNER_0_6B = "Qwen/Qwen3-ForcedAligner-0.6B-hf"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Qwen3AsrOptions:
     aligner_model: str = field(default=QWEN3_FORCED_ALIGNER_0_6B, metadata={
         "help": "Qwen3-ForcedAligner -hf checkpoint (id or local path)"})
     aligner_revision: str | None = field(default=None, metadata={"help": "aligner revision (branch, tag or commit)"})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N"})
+    device: str = field(default="auto", metadata={"help": "auto (GPU if present), cpu, cuda, cuda:N"})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 elsewhere), bfloat16, float32"})
     # Forced, not detected: the cascade translates English talks.
     language: str = field(default="English", metadata={"help": "transcription language (name or ISO code)"})
@@ -47,16 +47,10 @@ class Qwen3AsrOptions:
     max_new_tokens: int = field(default=256, metadata={"help": "bound on the transcript tokens per window"})
 
     def __post_init__(self):
-        if self.dtype != "auto" and self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
-
-
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return _DTYPES[dtype]
 
 
 class Qwen3AsrBackend(AsrBackend):
@@ -75,14 +69,15 @@ class Qwen3AsrBackend(AsrBackend):
         # Explicit model classes: a mismatched Auto class can silently random-initialise weights.
         from transformers import AutoProcessor, Qwen3ASRForConditionalGeneration, Qwen3ASRForTokenClassification
 
-        dtype = resolve_dtype(options.dtype, options.device)
-        logger.info("loading %s and %s (%s on %s)", options.asr_model, options.aligner_model, dtype, options.device)
+        device = resolve_device(options.device)
+        dtype = resolve_dtype(options.dtype, device)
+        logger.info("loading %s and %s (%s on %s)", options.asr_model, options.aligner_model, dtype, device)
         asr_processor = AutoProcessor.from_pretrained(options.asr_model, revision=options.asr_revision)
         asr_model = Qwen3ASRForConditionalGeneration.from_pretrained(
-            options.asr_model, revision=options.asr_revision, dtype=dtype).to(options.device)
+            options.asr_model, revision=options.asr_revision, dtype=dtype).to(device)
         aligner_processor = AutoProcessor.from_pretrained(options.aligner_model, revision=options.aligner_revision)
         aligner_model = Qwen3ASRForTokenClassification.from_pretrained(
-            options.aligner_model, revision=options.aligner_revision, dtype=dtype).to(options.device)
+            options.aligner_model, revision=options.aligner_revision, dtype=dtype).to(device)
         return cls(asr_model, asr_processor, aligner_model, aligner_processor, options)
 
     def transcribe(self, audio: np.ndarray, offset_s: float) -> list[Word]:

@@ -12,10 +12,11 @@ Input handling (defined behaviour, not guesses):
 - NaN / inf samples are replaced by 0.0 with a logged warning (a single bad sample must not kill a 2-hour talk).
 - an empty chunk is a no-op.
 
-Memory is O(audio): samples live in one preallocated numpy array whose capacity doubles when full (amortised O(1)
-per sample, a few reallocations over a whole talk, never a copy of the talk per chunk). Views returned by `view`
-stay valid after later appends because the buffer is append-only (an old view may point at the previous
-allocation, whose samples are identical).
+Memory is O(audio kept): samples live in one preallocated numpy array whose capacity doubles when full (amortised
+O(1) per sample, never a copy of the talk per chunk), and `discard_before` drops audio no step will read again (the
+cascade drops what lies before the committed-sentence boundary), so a long talk holds only its open stretch.
+Times stay absolute after a discard. Views returned by `view` stay valid after later appends (an old view may
+point at the previous allocation, whose samples are identical) but not after a discard.
 """
 from __future__ import annotations
 
@@ -121,7 +122,8 @@ class AudioBuffer:
 
     def __init__(self, initial_capacity_s: float = 60.0):
         self._samples = np.zeros(max(1, int(initial_capacity_s * SAMPLE_RATE_HZ)), dtype=np.float32)
-        self._size = 0
+        self._size = 0  # samples appended since the start of the stream (absolute)
+        self._origin = 0  # absolute index of the first sample still held
         self._input_rate_hz: int | None = None
         self._resampler: StreamResampler | None = None
         self._warned_stereo = False
@@ -175,18 +177,37 @@ class AudioBuffer:
             raise ValueError(f"sample rate changed mid-stream: {self._input_rate_hz} Hz, then {sample_rate_hz} Hz")
 
     def _write(self, samples: np.ndarray) -> None:
-        needed = self._size + len(samples)
+        held = self._size - self._origin
+        needed = held + len(samples)
         if needed > len(self._samples):
             # Doubling keeps the total copy cost linear in the talk length.
             grown = np.zeros(max(needed, 2 * len(self._samples)), dtype=np.float32)
-            grown[: self._size] = self._samples[: self._size]
+            grown[:held] = self._samples[:held]
             self._samples = grown
-        self._samples[self._size: needed] = samples
-        self._size = needed
+        self._samples[held:needed] = samples
+        self._size += len(samples)
+
+    def discard_before(self, time_s: float) -> None:
+        """Release audio before absolute `time_s`; later reads before it see the first sample still held.
+
+        The copy happens only once the released part is at least as long as the kept part, so each sample is
+        moved O(1) times on average.
+        """
+        cut = self.sample_index(time_s) - self._origin
+        kept = self._size - self._origin - cut
+        if cut <= 0 or cut < kept:
+            return
+        self._samples[:kept] = self._samples[cut:cut + kept]
+        self._origin += cut
+
+    @property
+    def held_samples(self) -> int:
+        """Samples held in memory (after discards), as opposed to `num_samples` heard in total."""
+        return self._size - self._origin
 
     def sample_index(self, time_s: float) -> int:
-        """Index of the sample at absolute time `time_s`, clamped to [0, num_samples]."""
-        return min(max(0, round(time_s * SAMPLE_RATE_HZ)), self._size)
+        """Absolute index of the sample at time `time_s`, clamped to the samples held."""
+        return min(max(self._origin, round(time_s * SAMPLE_RATE_HZ)), self._size)
 
     def view(self, start_s: float, end_s: float | None = None) -> np.ndarray:
         """Read-only view (no copy) of the samples in [start_s, end_s); end defaults to the end of the buffer.
@@ -195,6 +216,6 @@ class AudioBuffer:
         """
         start = self.sample_index(start_s)
         stop = self._size if end_s is None else max(start, self.sample_index(end_s))
-        window = self._samples[start:stop].view()
+        window = self._samples[start - self._origin:stop - self._origin].view()
         window.flags.writeable = False
         return window

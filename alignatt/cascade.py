@@ -90,6 +90,7 @@ class Cascade:
             return []
         talk.unprocessed_s = 0.0
         talk.source.apply(talk.transcriber.update(talk.audio))
+        talk.audio.discard_before(talk.transcriber.boundary_s)  # committed audio is never read again
         units = self._finish_committed()
         open_sentence = talk.source.open_sentence
         if open_sentence.units:

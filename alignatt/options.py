@@ -41,12 +41,30 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: 
                                 help=f"{help_text} (default: {f.default})")
 
 
+def _coerce(value: Any, kind: type, name: str) -> Any:
+    """Values from configuration files arrive as YAML scalars: give them the field's type."""
+    if value is None or isinstance(value, kind):
+        return value
+    if kind is bool:
+        if str(value).lower() in ("true", "1", "yes"):
+            return True
+        if str(value).lower() in ("false", "0", "no"):
+            return False
+    elif kind in (int, float, str) and not isinstance(value, bool):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    raise ValueError(f"option {name}: {value!r} is not a valid {kind.__name__}")
+
+
 def dataclass_from_args(cls: type[T], args: Any, prefix: str = "", **overrides: Any) -> T:
     """Build `cls` from parsed flags (or any namespace), fields missing from `args` keep their defaults."""
+    hints = typing.get_type_hints(cls)
     values = {}
     for f in dataclasses.fields(cls):
         attr = (prefix + f.name).replace("-", "_")
         if hasattr(args, attr):
-            values[f.name] = getattr(args, attr)
+            values[f.name] = _coerce(getattr(args, attr), _value_type(hints[f.name]), attr)
     values.update(overrides)
     return cls(**values)

@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from alignatt.capture import HeadRef, capture_heads
+from alignatt.devices import resolve_device, resolve_dtype
 from alignatt.heads import HeadsFile
 from alignatt.policy import GateDecision, PolicyConfig, complete_units_text, gate_draft
 from alignatt.prompt import PromptBuilder, PromptConfig, RenderedPrompt
@@ -29,7 +30,7 @@ class TranslatorConfig:
     revision: str | None = field(default=None, metadata={"help": "model revision (branch, tag or commit)"})
     gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside model_id (dequantised)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), bfloat16, float32"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), bfloat16, float32, float16"})
     max_draft_tokens: int = field(default=16, metadata={"help": "upper bound of a draft"})
     min_draft_tokens: int = field(default=4, metadata={"help": "lower bound of a draft"})
     draft_tokens_over_source: int = field(default=8, metadata={
@@ -51,20 +52,6 @@ class DraftResult:
     attention: DraftAttention | None  # None when the source is empty
     gate: GateDecision
     new_text: str  # accepted text to append to the target prefix, trimmed to whole units
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if not hasattr(torch, dtype) or not isinstance(getattr(torch, dtype), torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}")
-    return getattr(torch, dtype)
 
 
 def load_model_and_tokenizer(config: TranslatorConfig):

@@ -7,7 +7,8 @@ themselves, no downloaded weights. Also scores an alignment against a hand-made 
 The aligner sees word tokens, not units: each unit is split into its runs of word characters (so
 "Luna." gives "luna", "five-match" gives "five" "match", a CJK character stays one token) and
 punctuation-only units are left out. Links between tokens become links between their units.
-eflomal aligns both directions; they are symmetrised with grow-diag-final-and (Koehn et al. 2005).
+eflomal aligns both directions; they are symmetrised by intersection (default: precise links) or
+grow-diag-final-and (Koehn et al. 2005).
 eflomal samples with no fixed seed: two runs can differ in a few links.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from calibration.pairs import SentencePair, read_pairs
-from calibration.pharaoh import Link, format_line, parse_line, split_lines, write_pharaoh
+from calibration.pharaoh import Link, parse_line, split_lines, write_pharaoh
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +39,13 @@ class EflomalSettings:
     model: int = field(default=3, metadata={"help": "eflomal model: 1 IBM1, 2 +HMM, 3 +HMM+fertility"})
     n_samplers: int = field(default=3, metadata={"help": "independent samplers averaged by eflomal"})
     rel_iterations: float = field(default=1.0, metadata={"help": "iterations relative to eflomal's default"})
-    prefix_len: int = field(default=0, metadata={"help": "cut tokens to this many characters (0: keep)"})
-    symmetrisation: str = field(default="grow-diag-final-and", metadata={
-        "help": "grow-diag-final-and, intersection, union, forward or reverse"})
+    # A 4-character prefix is a crude stemmer that helps much on a few hundred pairs (AER on the en-de
+    # gold: about 0.25 with whole words, 0.17 with prefixes; calibration/results/aligner_quality.md).
+    prefix_len: int = field(default=4, metadata={"help": "cut tokens to this many characters (0: keep)"})
+    # Head scores need precise links more than many links: a wrong link penalises a correct head, a missing
+    # one only leaves a token unscored. The intersection has about 0.96 precision at 0.76 recall on the gold.
+    symmetrisation: str = field(default="intersection", metadata={
+        "help": "intersection, grow-diag-final-and, union, forward or reverse"})
 
     def __post_init__(self):
         if self.symmetrisation not in SYMMETRISATIONS:

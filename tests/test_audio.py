@@ -160,3 +160,23 @@ def test_stream_resampler_identity_ratio_is_exact():
     data = np.linspace(-1, 1, 1000, dtype=np.float32)
     out = np.concatenate([resampler.process(data[:300]), resampler.process(data[300:]), resampler.flush()])
     np.testing.assert_allclose(out, data, atol=1e-6)
+
+
+def test_discard_keeps_absolute_time():
+    buffer = AudioBuffer(initial_capacity_s=1.0)
+    ramp = np.arange(10 * SAMPLE_RATE_HZ, dtype=np.float32)
+    buffer.append(ramp)
+    buffer.discard_before(8.0)  # releases 8 s, keeps 2 s
+    assert buffer.held_samples == 2 * SAMPLE_RATE_HZ and buffer.duration_s == 10.0
+    assert np.array_equal(buffer.view(8.5, 9.0), ramp[int(8.5 * SAMPLE_RATE_HZ):9 * SAMPLE_RATE_HZ])
+    assert buffer.view(1.0, 8.0).size == 0 and buffer.view(0.0)[0] == ramp[8 * SAMPLE_RATE_HZ]
+    buffer.append(ramp[:SAMPLE_RATE_HZ])
+    assert buffer.duration_s == 11.0 and buffer.view(10.0)[5] == 5.0
+
+
+def test_discard_defers_small_releases():
+    buffer = AudioBuffer()
+    buffer.append(np.ones(10 * SAMPLE_RATE_HZ, dtype=np.float32))
+    buffer.discard_before(2.0)  # releasing less than is kept would copy for little gain
+    assert buffer.held_samples == 10 * SAMPLE_RATE_HZ
+    assert buffer.view(1.0).size == 9 * SAMPLE_RATE_HZ
