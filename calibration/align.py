@@ -3,6 +3,7 @@ themselves, no downloaded weights. Also scores an alignment against a hand-made 
 
     python -m calibration.align --pairs pairs.jsonl --target-lang de --out pairs.pharaoh
     python -m calibration.align --pairs pairs.jsonl --target-lang de --gold calibration/gold/en-de.fleurs.jsonl
+    python -m calibration.align --pairs pairs.jsonl --target-lang de --gold GOLD --alignments links.pharaoh
 
 The aligner sees word tokens, not units: each unit is split into its runs of word characters (so
 "Luna." gives "luna", "five-match" gives "five" "match", a CJK character stays one token) and
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from calibration.pairs import SentencePair, read_pairs
-from calibration.pharaoh import Link, parse_line, split_lines, write_pharaoh
+from calibration.pharaoh import Link, check_alignments, parse_line, read_pharaoh, split_lines, write_pharaoh
 
 logger = logging.getLogger(__name__)
 
@@ -207,8 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target-lang", required=True, help="target language (zh: aligned per character)")
     parser.add_argument("--out", help="write Pharaoh links for the first pairs file here")
     parser.add_argument("--gold", help="hand-aligned JSONL to score against (precision, recall, AER)")
+    parser.add_argument("--alignments", help="with --gold: score this Pharaoh file (any aligner) instead of "
+                        "running eflomal; one line per line of the first pairs file")
     parser.add_argument("--repeats", type=int, default=1, help="with --gold: run the aligner this many times")
-    add_dataclass_arguments(parser, EflomalSettings)
+    add_dataclass_arguments(parser, EflomalSettings, prefix="eflomal_")
     return parser
 
 
@@ -217,9 +220,16 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    settings = dataclass_from_args(EflomalSettings, args)
+    settings = dataclass_from_args(EflomalSettings, args, prefix="eflomal_")
     files = [read_pairs(path, args.target_lang) for path in args.pairs]
     pairs = [p for f in files for p in f]
+    if args.alignments:
+        if not args.gold:
+            raise SystemExit("error: --alignments needs --gold")
+        alignments = read_pharaoh(args.alignments)
+        check_alignments(alignments, [p.n_units for p in files[0]], name=args.alignments)
+        print(json.dumps(asdict(evaluate_against_gold(files[0], alignments, read_gold(args.gold)))))
+        return 0
     for repeat in range(args.repeats):
         alignments = align_pairs(pairs, settings)[: len(files[0])]
         if args.out and repeat == 0:

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from alignatt.heads import HeadScore, HeadsFile
+from calibration.scoring import HeadScores
 from calibration.stability import ranking
 
 
@@ -20,11 +21,16 @@ def make_heads_file(ts: np.ndarray, model_id: str, revision: str | None, directi
                      num_attention_heads=ts.shape[1], top_k=top_k, revision=revision, calibration=calibration)
 
 
-def write_tsv(path: str | Path, ts: np.ndarray, hits: np.ndarray, n_tokens: int) -> None:
-    """One line per head, best first: rank, layer, head, score (TS), hits, n (aligned target tokens)."""
-    lines = ["rank\tlayer\thead\tscore\thits\tn"]
+def write_tsv(path: str | Path, scores: HeadScores) -> None:
+    """One line per head, best first: rank, layer, head, score (TS), hits, n (aligned target tokens), and two
+    diagnostics: on_source (share of rows whose whole-row argmax lies in the source span) and
+    ts_source_only (TS with the argmax taken over the source-span columns only)."""
+    ts, n = scores.ts(), max(scores.n_aligned_tokens, 1)
+    hits, on_source, source_only = (a.sum(0) for a in (scores.hits, scores.on_source, scores.hits_source_only))
+    lines = ["rank\tlayer\thead\tscore\thits\tn\ton_source\tts_source_only"]
     for rank, (layer, head) in enumerate(ranking(ts), start=1):
-        lines.append(f"{rank}\t{layer}\t{head}\t{ts[layer, head]:.4f}\t{int(hits[layer, head])}\t{n_tokens}")
+        lines.append(f"{rank}\t{layer}\t{head}\t{ts[layer, head]:.4f}\t{int(hits[layer, head])}\t{n}\t"
+                     f"{on_source[layer, head] / n:.4f}\t{source_only[layer, head] / n:.4f}")
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -37,7 +43,7 @@ def write_heatmap(path: str | Path, ts: np.ndarray, top_k: int, title: str) -> N
     from matplotlib.patches import Rectangle
 
     n_layers, n_heads = ts.shape
-    fig, ax = plt.subplots(figsize=(1.6 + 0.55 * n_heads, 1.2 + 0.28 * n_layers))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 + 0.55 * n_heads), 1.4 + 0.28 * n_layers))
     image = ax.imshow(ts, aspect="auto", cmap="viridis", vmin=0.0, vmax=max(float(ts.max()), 1e-6),
                       interpolation="nearest")
     for rank, (layer, head) in enumerate(ranking(ts)[:top_k], start=1):

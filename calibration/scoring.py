@@ -35,7 +35,7 @@ class ScoringExample:
     input_ids: tuple[int, ...]
     rows: np.ndarray  # (N,) query positions: the row predicting each aligned target token
     allowed: np.ndarray  # (N, T) bool: key position is a token of a source word aligned to the target token
-    n_source_tokens: int
+    source_positions: np.ndarray  # (S,) positions of the source-span tokens
 
     @property
     def n_tokens(self) -> int:
@@ -86,12 +86,12 @@ def build_example(builder: PromptBuilder, pair: SentencePair, links: frozenset[L
     if not rows:
         return None
     return ScoringExample(pair_index, prompt.input_ids, np.asarray(rows, dtype=np.int64), np.stack(allowed),
-                          len(prompt.source_token_positions))
+                          prompt.source_token_positions)
 
 
 def source_chance(example: ScoringExample) -> float:
     """Sum over rows of the hit chance of an argmax drawn uniformly from the source tokens."""
-    return float(example.allowed.sum(1).sum() / max(example.n_source_tokens, 1))
+    return float(example.allowed.sum(1).sum() / max(len(example.source_positions), 1))
 
 
 def all_heads(model) -> list[HeadRef]:
@@ -118,7 +118,9 @@ def _pad_id(model, tokenizer) -> int:
 
 @torch.no_grad()
 def score_batch(model, batch: Sequence[ScoringExample], heads: Sequence[HeadRef], pad_id: int) -> np.ndarray:
-    """(B, L, H) hits of one batch: how many aligned tokens of each pair each head gets right.
+    """(3, B, L, H) counts per pair and head over its aligned tokens: [0] TS hits (whole-row argmax on an
+    aligned source word), [1] whole-row argmax anywhere in the source span, [2] hits of the argmax taken over
+    the source-span columns only (what a policy that reads only those columns sees).
 
     Right padding keeps every sequence at positions 0..T-1 (the capture assumes shared position ids);
     padded keys lie after every real row, so the causal mask hides them from the rows scored.
@@ -133,7 +135,7 @@ def score_batch(model, batch: Sequence[ScoringExample], heads: Sequence[HeadRef]
     start = int(min(e.rows.min() for e in batch))
     n_layers = 1 + max(h.layer for h in heads)
     n_heads = 1 + max(h.head for h in heads)
-    hits = np.zeros((len(batch), n_layers, n_heads), dtype=np.int64)
+    hits = np.zeros((3, len(batch), n_layers, n_heads), dtype=np.int64)
     # Logits of one position only (the 262k-word vocabulary over every position would dominate memory). A
     # tensor, not the int 1: Gemma-4 skips all but the last rows of its KV-shared layers for an int.
     keep = torch.tensor([length - 1], device=device)
@@ -146,12 +148,20 @@ def score_batch(model, batch: Sequence[ScoringExample], heads: Sequence[HeadRef]
             raise RuntimeError(f"layer {layer}: captured rows {row_positions[:3]}... are not {start}..{length - 1}")
         for b, example in enumerate(batch):
             rows = torch.as_tensor(example.rows - start, device=probs.device)
-            argmax = probs[b, :, rows, :].argmax(-1).cpu().numpy()  # (Hq, N) key positions
-            allowed = example.allowed[np.arange(example.n_aligned)[None, :], argmax]  # (Hq, N)
-            for slot, head in enumerate(cap.query_heads):
-                hits[b, layer, head] = int(allowed[slot].sum())
+            hits[:, b, layer, list(cap.query_heads)] = _row_counts(probs[b, :, rows, :], example)
         del probs
     return hits
+
+
+def _row_counts(block: torch.Tensor, example: ScoringExample) -> np.ndarray:
+    """(3, Hq) counts of `score_batch` from the (Hq, N, K) attention of one example's aligned rows."""
+    argmax = block.argmax(-1).cpu().numpy()  # (Hq, N) key positions
+    source = torch.as_tensor(example.source_positions, device=block.device)
+    source_argmax = example.source_positions[block[:, :, source].argmax(-1).cpu().numpy()]  # (Hq, N)
+    token = np.arange(example.n_aligned)[None, :]
+    return np.stack([example.allowed[token, argmax].sum(-1),
+                     np.isin(argmax, example.source_positions).sum(-1),
+                     example.allowed[token, source_argmax].sum(-1)])
 
 
 @dataclass(frozen=True)
@@ -160,6 +170,8 @@ class HeadScores:
 
     hits: np.ndarray  # (P, L, H) aligned tokens each head got right, per scored pair
     counts: np.ndarray  # (P,) aligned target tokens per scored pair
+    on_source: np.ndarray  # (P, L, H) aligned tokens whose whole-row argmax lies anywhere in the source span
+    hits_source_only: np.ndarray  # (P, L, H) hits of the argmax over the source-span columns only
     pair_indices: np.ndarray  # (P,) index of each scored pair in the pair list
     source_chance: float  # TS of an argmax drawn uniformly over the source tokens
 
@@ -197,12 +209,13 @@ def score_heads(model, tokenizer, builder: PromptBuilder, pairs: Sequence[Senten
     by_pair: dict[int, np.ndarray] = {}
     bar = tqdm(total=len(examples), desc="scoring heads", unit="pair", disable=not progress)
     for batch in batches(examples, batch_size):
-        for example, hits in zip(batch, score_batch(model, batch, heads, pad_id)):
-            by_pair[example.pair_index] = hits
+        for example, hits in zip(batch, score_batch(model, batch, heads, pad_id).transpose(1, 0, 2, 3)):
+            by_pair[example.pair_index] = hits  # (3, L, H)
         bar.update(len(batch))
     bar.close()
     examples.sort(key=lambda e: e.pair_index)
     counts = np.asarray([e.n_aligned for e in examples])
     chance = sum(source_chance(e) for e in examples) / counts.sum()
-    return HeadScores(hits=np.stack([by_pair[e.pair_index] for e in examples]), counts=counts,
+    stacked = np.stack([by_pair[e.pair_index] for e in examples], axis=1)  # (3, P, L, H)
+    return HeadScores(hits=stacked[0], counts=counts, on_source=stacked[1], hits_source_only=stacked[2],
                       pair_indices=np.asarray([e.pair_index for e in examples]), source_chance=float(chance))

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
 from alignatt.heads import HeadsFileError
 from alignatt.options import add_dataclass_arguments, dataclass_from_args
 from alignatt.prompt import PromptBuilder, PromptConfig
@@ -55,8 +53,9 @@ class CalibrationOptions:
     align_extra: str | None = field(default=None, metadata={
         "help": "more JSONL pairs to train the built-in aligner on (not scored)"})
     save_alignments: str | None = field(default=None, metadata={"help": "write the built-in aligner's links here"})
-    few_shot: str | None = field(default=None, metadata={
-        "help": "JSONL (src_ref, tgt_ref) examples shown before the source in plain prompts; use the agent's"})
+    few_shot_file: str | None = field(default=None, metadata={
+        "help": "JSONL (src_ref, tgt_ref) examples shown before the source in plain prompts: the agent's "
+                "--few-shot-file"})
     max_pairs: int | None = field(default=None, metadata={"help": "score at most this many pairs (the first ones)"})
     dedup: bool = field(default=True, metadata={"help": "drop repeated pairs before scoring"})
     batch_size: int = field(default=4, metadata={"help": "sequences per forward pass"})
@@ -120,7 +119,7 @@ def run(options: CalibrationOptions, prompt_config: PromptConfig, settings: Eflo
     alignments, alignment_source = load_alignments(options, all_pairs, prompt_config.target_lang, settings)
     pairs = select_pairs(all_pairs, options.max_pairs, options.dedup)
     pair_links = [alignments[p.line - 1] for p in pairs]
-    few_shot = read_few_shot(options.few_shot)
+    few_shot = read_few_shot(options.few_shot_file)
     model, tokenizer = load_model_and_tokenizer(TranslatorConfig(
         model_id=options.model, revision=options.revision, gguf_file=options.gguf_file, device=options.device,
         dtype=options.dtype))
@@ -140,7 +139,7 @@ def run(options: CalibrationOptions, prompt_config: PromptConfig, settings: Eflo
                  "dedup": options.dedup},
         "alignments": alignment_source,
         "prompt": {"style": prompt_config.style, "source_lang": prompt_config.source_lang,
-                   "target_lang": prompt_config.target_lang, "few_shot_file": options.few_shot,
+                   "target_lang": prompt_config.target_lang, "few_shot_file": options.few_shot_file,
                    "n_few_shot": len(few_shot), "target_units": "characters" if char_level else "words"},
         "model_loading": {"gguf_file": options.gguf_file, "dtype": str(next(model.parameters()).dtype),
                           "device": str(model.device)},
@@ -155,9 +154,9 @@ def run(options: CalibrationOptions, prompt_config: PromptConfig, settings: Eflo
                                  options.top_k, calibration, options.n_listed)
     heads_file.check_fits(model.config)
     heads_file.save(options.out)
-    write_tsv(options.path(options.tsv, ".tsv"), ts, scores.hits.sum(0), scores.n_aligned_tokens)
+    write_tsv(options.path(options.tsv, ".tsv"), scores)
     write_heatmap(options.path(options.heatmap, ".png"), ts, options.top_k,
-                  f"{heads_file.model_id} {direction}: TS over {scores.n_aligned_tokens} tokens, "
+                  f"{heads_file.model_id} {direction}\nTS over {scores.n_aligned_tokens} aligned tokens, "
                   f"{scores.n_pairs} pairs")
     best = heads_file.heads[0]
     logger.info("best head L%dH%d TS %.3f, median %.3f; half-split top-%d overlap %.2f; wrote %s",

@@ -67,7 +67,6 @@ def score_summary(ts: np.ndarray, thresholds: tuple[float, ...], top_k: int) -> 
     """How far the best heads stand above the typical head."""
     flat = np.sort(ts.ravel())[::-1]
     median = float(np.median(flat))
-    mad = float(np.median(np.abs(flat - median)))
     return {
         "best": round(float(flat[0]), 4),
         "top_k_mean": round(float(flat[:top_k].mean()), 4),
@@ -75,7 +74,6 @@ def score_summary(ts: np.ndarray, thresholds: tuple[float, ...], top_k: int) -> 
         "mean": round(float(flat.mean()), 4),
         "p90": round(float(np.percentile(flat, 90)), 4),
         "best_minus_median": round(float(flat[0]) - median, 4),
-        "best_robust_z": None if mad == 0 else round((float(flat[0]) - median) / (1.4826 * mad), 2),
         "heads_above": {f"{t:g}": int((flat >= t).sum()) for t in thresholds},
         "n_heads": int(flat.size),
     }

@@ -25,7 +25,7 @@ from tiny_models import build
 MAX_WORDS = 8
 PLANTED = HeadRef(3, 2)  # a full-attention layer; query head 2 reads KV head 1
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]  # ids 0, 1, 2, 3 as in the tiny configs
-VOCAB = SPECIALS + ["English", "German", ":"] + [f"s{i}" for i in range(MAX_WORDS)] + [f"t{i}" for i in range(MAX_WORDS)]
+VOCAB = SPECIALS + ["English", "German", ":"] + [f"{side}{i}" for side in "st" for i in range(MAX_WORDS)]
 TOKEN_ID = {token: i for i, token in enumerate(VOCAB)}
 PLAIN = PromptConfig(source_lang="en", target_lang="de", style="plain")
 
@@ -115,6 +115,9 @@ def test_planted_head_is_ranked_first():
     others = np.delete(ts.ravel(), PLANTED.layer * 4 + PLANTED.head)
     assert others.max() < 0.7
     assert scores.n_aligned_tokens == sum(len(t.split()) for _, t, _ in toy_pairs(12))
+    # a whole-row hit is also an in-source argmax and a hit of the source-only argmax
+    assert (scores.hits <= scores.on_source).all() and (scores.hits <= scores.hits_source_only).all()
+    assert scores.on_source[:, PLANTED.layer, PLANTED.head].sum() == scores.n_aligned_tokens
 
 
 def test_rows_are_the_queries_that_predict_the_token():
@@ -132,6 +135,8 @@ def test_batching_does_not_change_scores():
     model = planted_gemma3()
     one, four = score_toy(model, batch_size=1), score_toy(model, batch_size=5)
     assert np.array_equal(one.hits, four.hits)
+    assert np.array_equal(one.on_source, four.on_source)
+    assert np.array_equal(one.hits_source_only, four.hits_source_only)
     assert np.array_equal(one.counts, four.counts)
 
 
@@ -241,7 +246,8 @@ def test_empty_last_line_counts_as_a_pair(tmp_path):
 
 def test_pairs_file_errors_and_selection(tmp_path):
     path = tmp_path / "p.jsonl"
-    rows = [{"src_ref": "a  b", "tgt_ref": " x y "}, {"src_ref": "a b", "tgt_ref": "x y"}, {"src_ref": "c", "tgt_ref": "z"}]
+    rows = [{"src_ref": "a  b", "tgt_ref": " x y "}, {"src_ref": "a b", "tgt_ref": "x y"},
+            {"src_ref": "c", "tgt_ref": "z"}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     pairs = read_pairs(path, "de")
     assert [p.n_units for p in pairs] == [(2, 2), (2, 2), (1, 1)]
@@ -269,22 +275,15 @@ def test_grow_diag_final_and():
     assert grow_diag_final_and(forward, reverse) == {(0, 0), (1, 1), (3, 3)}
 
 
-def test_alignment_quality_aer():
-    gold = read_gold_text([{"src": "a b", "tgt": "x y", "sure": "0-0", "possible": "1-1"}])
+def test_alignment_quality_aer(tmp_path):
+    path = tmp_path / "gold.jsonl"
+    path.write_text(json.dumps({"src": "a b", "tgt": "x y", "sure": "0-0", "possible": "1-1"}) + "\n")
+    gold = read_gold(path)
+    assert gold[0].possible == {(0, 0), (1, 1)}  # possible links include the sure ones
     quality = alignment_quality([frozenset({(0, 0), (1, 1), (0, 1)})], gold)
     assert quality.precision == pytest.approx(2 / 3)
     assert quality.recall == 1.0
     assert quality.aer == pytest.approx(1 - (1 + 2) / (3 + 1))
-
-
-def read_gold_text(records, tmp=None):
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "gold.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in records))
-        return read_gold(path)
 
 
 def test_shipped_gold_file_fits_the_data():
@@ -356,10 +355,27 @@ def test_command_end_to_end(tmp_path, saved_planted_model, caplog):
     assert set(cal["stability"]) >= {"topk_overlap_mean", "spearman_mean", "top1_agreement"}
     assert cal["scores"]["best"] == 1.0
     tsv = (tmp_path / "out" / "heads.tsv").read_text().splitlines()
-    assert tsv[0] == "rank\tlayer\thead\tscore\thits\tn" and len(tsv) == 17
+    assert tsv[0] == "rank\tlayer\thead\tscore\thits\tn\ton_source\tts_source_only" and len(tsv) == 17
     assert tsv[1].split("\t")[1:4] == ["3", "2", "1.0000"]
+    assert tsv[1].split("\t")[6:] == ["1.0000", "1.0000"]
     assert (tmp_path / "out" / "heads.png").read_bytes()[:4] == b"\x89PNG"
     assert "best head L3H2" in caplog.text
+
+
+def test_command_with_the_builtin_aligner(tmp_path, saved_planted_model):
+    pytest.importorskip("eflomal")
+    pairs_path, _ = write_toy_data(tmp_path, n_pairs=12)
+    out, links, shots = tmp_path / "heads.json", tmp_path / "eflomal.pharaoh", tmp_path / "shots.jsonl"
+    shots.write_text(json.dumps({"src_ref": "s1 s0", "tgt_ref": "t0 t1"}) + "\n")
+    rc = select_heads.main(["--model", str(saved_planted_model), "--pairs", str(pairs_path), "--align-with",
+                            "eflomal", "--save-alignments", str(links), "--eflomal-prefix-len", "0", "--style",
+                            "plain", "--few-shot-file", str(shots), "--out", str(out), "--no-progress",
+                            "--device", "cpu"])
+    assert rc == 0
+    assert HeadsFile.load(out).calibration["prompt"]["n_few_shot"] == 1
+    alignment = HeadsFile.load(out).calibration["alignments"]
+    assert alignment["name"] == "eflomal" and alignment["trained_on_pairs"] == 12
+    assert len(read_pharaoh(links)) == 12
 
 
 def test_command_reports_bad_alignment_file(tmp_path, saved_planted_model, capsys):
