@@ -14,6 +14,7 @@ import numpy as np
 
 from alignatt.audio import SAMPLE_RATE_HZ, AudioBuffer
 from alignatt.asr import AsrBackend
+from alignatt.baselines import AlignAttPolicy, DraftPolicy, SentenceDecisions
 from alignatt.source import SourceOptions, SourceSentence, SourceState
 from alignatt.text_units import split_units
 from alignatt.transcriber import IncrementalTranscriber, TranscriberOptions
@@ -50,6 +51,7 @@ class TalkState:
     target_prefix: str = ""  # accepted translation of the open sentence
     unprocessed_s: float = 0.0  # audio appended since the last step
     n_units_out: int = 0  # target units returned so far for the whole talk
+    decisions: SentenceDecisions = field(default_factory=SentenceDecisions)  # the policy's open-sentence state
 
 
 class Cascade:
@@ -57,12 +59,13 @@ class Cascade:
 
     def __init__(self, asr: AsrBackend, translator: Translator, options: CascadeOptions = CascadeOptions(),
                  transcriber_options: TranscriberOptions = TranscriberOptions(),
-                 source_options: SourceOptions = SourceOptions()):
+                 source_options: SourceOptions = SourceOptions(), policy: DraftPolicy | None = None):
         self.asr = asr
         self.translator = translator
         self.options = options
         self.transcriber_options = transcriber_options
         self.source_options = source_options
+        self.policy = policy or AlignAttPolicy()  # decides how much of each draft is written
         self.talk = self._new_talk()
 
     def _new_talk(self) -> TalkState:
@@ -110,7 +113,7 @@ class Cascade:
         talk = self.talk
         accessible = talk.source.accessible_units(self.heard_s)
         step = self.translator.draft(sentence.text, accessible, talk.target_prefix, tuple(talk.history))
-        return self._accept(step.new_text)
+        return self._accept(self.policy.accept(step, self.translator, accessible, talk.decisions))
 
     def _finish_committed(self) -> list[str]:
         talk, units = self.talk, []
@@ -119,6 +122,7 @@ class Cascade:
             if self.options.history_sentences:
                 talk.history.append((sentence.text, talk.target_prefix))
             talk.target_prefix = ""
+            talk.decisions = SentenceDecisions()
         return units
 
     def _accept(self, new_text: str) -> list[str]:

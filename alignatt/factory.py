@@ -11,6 +11,7 @@ import dataclasses
 import logging
 
 from alignatt.asr import BACKENDS, load_backend
+from alignatt.baselines import PolicySelection, make_policy
 from alignatt.cascade import PRESETS, Cascade, CascadeOptions
 from alignatt.heads import HeadsFile, shipped_heads_path
 from alignatt.options import add_dataclass_arguments, dataclass_from_args
@@ -28,8 +29,8 @@ def _option_groups():
     from alignatt.asr_qwen3 import Qwen3AsrOptions
     from alignatt.asr_whisper import WhisperOptions
 
-    return [(TranslatorConfig, "mt-"), (PromptConfig, ""), (PolicyConfig, ""), (CascadeOptions, ""),
-            (TranscriberOptions, ""), (SourceOptions, "source-"), (Qwen3AsrOptions, "qwen3-"),
+    return [(TranslatorConfig, "mt-"), (PromptConfig, ""), (PolicyConfig, ""), (PolicySelection, ""),
+            (CascadeOptions, ""), (TranscriberOptions, ""), (SourceOptions, "source-"), (Qwen3AsrOptions, "qwen3-"),
             (WhisperOptions, "whisper-")]
 
 
@@ -86,6 +87,7 @@ def build_cascade(args) -> Cascade:
     from alignatt.asr_whisper import WhisperOptions
 
     translator_config = dataclass_from_args(TranslatorConfig, args, prefix="mt-")
+    policy = make_policy(dataclass_from_args(PolicySelection, args))  # fail fast on a bad --policy
     prompt_config = dataclass_from_args(PromptConfig, args)
     heads = load_heads(args, translator_config, prompt_config)  # fail fast, before loading models
     backend_name = getattr(args, "asr_backend", "qwen3")
@@ -96,4 +98,4 @@ def build_cascade(args) -> Cascade:
                                             load_few_shot(getattr(args, "few_shot_file", None)))
     return Cascade(load_backend(backend_name, backend_options), translator, cascade_options(args),
                    dataclass_from_args(TranscriberOptions, args),
-                   dataclass_from_args(SourceOptions, args, prefix="source-"))
+                   dataclass_from_args(SourceOptions, args, prefix="source-"), policy)

@@ -1,0 +1,156 @@
+"""Simultaneous policies on the same backbone: AlignAtt and two baselines, LocalAgreement-2 and wait-k.
+
+Every policy sees the same greedy draft of the open sentence (`Translator.draft`, continuing the target
+accepted so far) and decides how much of it to write; only the decision differs:
+- alignatt: the attention gate of `alignatt.policy` (the draft's own `new_text`).
+- local-agreement: LocalAgreement-2, the policy of the IWSLT simultaneous baseline (Polak et al. 2022,
+  Machacek et al. 2023): write the longest common prefix, in whole target units, of this step's draft and the
+  previous step's draft, both read as continuations of the same accepted prefix.
+- wait-k (Ma et al. 2019) on source units: target unit i (counted from 0) of a sentence is written only
+  once k + i source units of that sentence are accessible.
+Committed sentences are finished by the cascade without any policy, as for AlignAtt.
+
+The decisions are pure functions; the policy objects apply them to a `DraftResult` and keep what must
+survive between steps in a `SentenceDecisions`, which the cascade holds per talk and renews per sentence.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+from alignatt.policy import complete_units_text
+from alignatt.text_units import unit_spans
+from alignatt.translator import DraftResult
+
+POLICIES = ("alignatt", "local-agreement", "wait-k")
+
+
+@dataclass(frozen=True)
+class PolicySelection:
+    policy: str = field(default="alignatt", metadata={
+        "help": "simultaneous policy on the draft: alignatt (attention gate), local-agreement "
+                "(LocalAgreement-2 on target prefixes, the IWSLT baseline's policy) or wait-k (on source units)"})
+    wait_k: int = field(default=3, metadata={
+        "help": "wait-k only: target unit i (from 0) of a sentence is written once k + i of its source units "
+                "are accessible"})
+
+    def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}: choose one of {', '.join(POLICIES)}")
+        if self.wait_k < 1:
+            raise ValueError(f"wait_k must be >= 1, got {self.wait_k}")
+
+    @property
+    def label(self) -> str:
+        """Short name for result tables: alignatt, local-agreement, wait-k3."""
+        return f"wait-k{self.wait_k}" if self.policy == "wait-k" else self.policy
+
+
+@dataclass
+class SentenceDecisions:
+    """What a policy carries from one step to the next within the open sentence."""
+
+    previous_units: tuple[str, ...] | None = None  # LocalAgreement: last draft's units after the accepted prefix
+    n_units_written: int = 0  # target units written for this sentence by drafting steps
+
+
+# --- pure decisions ---------------------------------------------------------------------------------------
+
+def agreed_units(previous: Sequence[str] | None, current: Sequence[str]) -> int:
+    """LocalAgreement-2: length of the longest common prefix of two drafts (0 without a previous draft)."""
+    if previous is None:
+        return 0
+    n = 0
+    for before, now in zip(previous, current):
+        if before != now:
+            break
+        n += 1
+    return n
+
+
+def wait_k_quota(n_accessible_units: int, k: int, n_units_written: int) -> int:
+    """How many more target units wait-k allows: unit i needs k + i accessible source units."""
+    return max(0, n_accessible_units - k + 1 - n_units_written)
+
+
+@dataclass(frozen=True)
+class DraftUnits:
+    """A draft as text cut to complete target units, with the span of every unit."""
+
+    text: str
+    spans: tuple[tuple[int, int], ...]
+
+    @property
+    def units(self) -> tuple[str, ...]:
+        return tuple(self.text[a:b] for a, b in self.spans)
+
+    def prefix(self, n_units: int) -> str:
+        """Text of the first `n_units` units, leading whitespace kept (it separates them from the prefix)."""
+        return self.text[: self.spans[n_units - 1][1]] if n_units > 0 else ""
+
+
+def draft_units(draft_text: str, ended: bool, char_level: bool) -> DraftUnits:
+    """The complete units of a draft: its last unit counts only if the draft ended (EOS) after it."""
+    text = complete_units_text(draft_text, "" if ended else None, char_level)
+    return DraftUnits(text, tuple(unit_spans(text, char_level)))
+
+
+# --- policy objects ---------------------------------------------------------------------------------------
+
+class DraftReader(Protocol):
+    """The part of the Translator a policy needs."""
+
+    char_level: bool
+
+    def continuation_text(self, prompt, token_ids: Sequence[int]) -> str: ...
+
+
+class DraftPolicy(Protocol):
+    def accept(self, result: DraftResult, translator: DraftReader, n_accessible_units: int,
+               state: SentenceDecisions) -> str:
+        """Text to append to the open sentence's accepted translation (may be empty)."""
+
+
+def _units_of(result: DraftResult, translator: DraftReader) -> DraftUnits:
+    return draft_units(translator.continuation_text(result.prompt, result.draft_ids), result.ended,
+                       translator.char_level)
+
+
+class AlignAttPolicy:
+    """The attention gate, already applied by the translator."""
+
+    def accept(self, result, translator, n_accessible_units, state) -> str:
+        return result.new_text
+
+
+class LocalAgreementPolicy:
+    """LocalAgreement-2: write what two consecutive drafts agree on."""
+
+    def accept(self, result, translator, n_accessible_units, state) -> str:
+        draft = _units_of(result, translator)
+        units = draft.units
+        n = agreed_units(state.previous_units, units)
+        state.previous_units = units[n:]  # the next draft continues after these n units
+        state.n_units_written += n
+        return draft.prefix(n)
+
+
+@dataclass(frozen=True)
+class WaitKPolicy:
+    """wait-k on source units, within the sentence."""
+
+    k: int
+
+    def accept(self, result, translator, n_accessible_units, state) -> str:
+        draft = _units_of(result, translator)
+        n = min(len(draft.spans), wait_k_quota(n_accessible_units, self.k, state.n_units_written))
+        state.n_units_written += n
+        return draft.prefix(n)
+
+
+def make_policy(selection: PolicySelection = PolicySelection()) -> DraftPolicy:
+    if selection.policy == "local-agreement":
+        return LocalAgreementPolicy()
+    if selection.policy == "wait-k":
+        return WaitKPolicy(selection.wait_k)
+    return AlignAttPolicy()

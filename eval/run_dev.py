@@ -1,0 +1,229 @@
+"""Dev-set runner: the agent over long-form talks through the real `simuleval` CLI, scored with OmniSTEval.
+
+    python -m eval.run_dev --data eval/synth/dev3 --lang de --preset low --policy alignatt --n-talks 3 \
+        --out eval/results/proxy [agent flags: --mt-model-id ... --heads ... --asr-backend whisper ...]
+
+One simuleval run per talk (the whole talk wav is one instance: long-form), written to
+OUT/RUN/talks/NAME/ (instances.log, steps.jsonl, simuleval.log); a talk whose instances.log exists is skipped,
+so an interrupted run resumes. The talks' logs are merged and scored together (OmniSTEval longform: BLEU, chrF,
+LongYAAL CU and CA, XCOMET-XL where its weights exist; StreamLAAL with SimulStream's scorer) and the row
+lands in OUT/RUN.json and OUT/results.tsv (RUN = LANG.PRESET.POLICY, e.g. de.low.wait-k3).
+Flags the runner does not know go to the agent unchanged.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import soundfile
+from tqdm import tqdm
+
+from alignatt.baselines import POLICIES, PolicySelection
+from alignatt.cascade import PRESETS
+from alignatt.text_units import is_char_level
+from eval.dev_set import MCIF_DEV, DevSet, write_segments, segment_entry
+from eval.scoring import (XCOMET, finite, merge_hypotheses, omnisteval_command, run_omnisteval, stream_laal,
+                          xcomet_status)
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+AGENT_CLASS = "eval.timed_agent.TimedAlignAttAgent"
+# Set by the runner from its own options; an agent flag repeating them would contradict it.
+RESERVED_FLAGS = ("--target-lang", "--preset", "--policy", "--wait-k", "--source-segment-size", "--output",
+                  "--source", "--target", "--eval-latency-unit", "--agent", "--agent-class", "--step-ms")
+TSV_COLUMNS = ("run", "lang", "preset", "policy", "talks", "audio_s", "bleu", "chrf", "xcomet", "longyaal_cu_ms",
+               "longyaal_ca_ms", "streamlaal_cu_ms", "streamlaal_ca_ms", "compute_s", "rtf")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m eval.run_dev", description=__doc__.splitlines()[0],
+                                     allow_abbrev=False,
+                                     epilog="Any other flag is passed to the agent (see `simuleval --agent "
+                                            "agents/alignatt_agent.py --help`).")
+    parser.add_argument("--data", default=str(MCIF_DEV), help="dev set in the MCIF layout (eval/dev_set.py)")
+    parser.add_argument("--audio-dir", default=None, help="folder of the talk wavs (default: DATA/wav)")
+    parser.add_argument("--lang", default="de", help="target language: de, it or zh")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="low",
+                        help="operating point; also sets simuleval's --source-segment-size")
+    parser.add_argument("--policy", choices=POLICIES, default="alignatt", help="simultaneous policy")
+    parser.add_argument("--wait-k", type=int, default=3, help="k of the wait-k policy")
+    parser.add_argument("--talks", nargs="+", default=None, help="talks to run (wav stems; default: all)")
+    parser.add_argument("--n-talks", type=int, default=None, help="only the first N talks")
+    parser.add_argument("--out", default=str(REPO / "eval" / "results"),
+                        help="results folder (a row per run lands here; default: eval/results)")
+    parser.add_argument("--name", default=None, help="run name (default: LANG.PRESET.POLICY)")
+    parser.add_argument("--comet-model", default=XCOMET,
+                        help="COMET model for OmniSTEval, used only if already cached; '' turns COMET off")
+    parser.add_argument("--talk-timeout-s", type=float, default=None, help="give up on a talk after this long")
+    return parser
+
+
+def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
+    parser = build_parser()
+    args, agent_flags = parser.parse_known_args(argv)
+    clashing = [f for f in agent_flags if f.split("=")[0] in RESERVED_FLAGS]
+    if clashing:
+        parser.error(f"{', '.join(clashing)}: set by the runner, use its own options (--lang, --preset, ...)")
+    return args, agent_flags
+
+
+class Run:
+    """One (language, preset, policy) over a set of talks: paths, commands, and the pieces of the row."""
+
+    def __init__(self, args: argparse.Namespace, agent_flags: list[str], argv: list[str] = ()):
+        self.args = args
+        self.argv = list(argv)
+        self.agent_flags = agent_flags
+        self.selection = PolicySelection(args.policy, args.wait_k)
+        self.data = DevSet.load(args.data)
+        self.audio_dir = Path(args.audio_dir or Path(args.data) / "wav")
+        self.talks = list(args.talks or self.data.talks())[: args.n_talks]
+        self.name = args.name or f"{args.lang}.{args.preset}.{self.selection.label}"
+        self.out = Path(args.out)
+        self.dir = self.out / self.name
+        self.char_level = is_char_level(args.lang)
+        for talk in self.talks:
+            self.data.talk_segments(talk)  # unknown talk: fail before running anything
+            if not self.wav(talk).is_file():
+                raise FileNotFoundError(f"no audio for talk {talk}: {self.wav(talk)} "
+                                        "(synthesise talks with `python -m eval.synth_talks`)")
+
+    def wav(self, talk: str) -> Path:
+        return (self.audio_dir / self.data.talk_segments(talk)[0].wav).resolve()
+
+    def talk_dir(self, talk: str) -> Path:
+        return self.dir / "talks" / talk
+
+    def simuleval_command(self, talk_dir: Path) -> list[str]:
+        step_ms = PRESETS[self.args.preset]["step_ms"]
+        return ["simuleval", "--agent-class", AGENT_CLASS, "--source", str(talk_dir / "source.txt"),
+                "--target", str(talk_dir / "target.txt"), "--output", str(talk_dir),
+                "--source-segment-size", f"{step_ms:g}", "--eval-latency-unit", "char" if self.char_level else "word",
+                "--no-progress-bar", "--no-scoring", "--target-lang", self.args.lang, "--preset", self.args.preset,
+                "--policy", self.args.policy, "--wait-k", str(self.args.wait_k), *self.agent_flags]
+
+    def run_talk(self, talk: str) -> None:
+        """simuleval on one talk, in a scratch folder renamed into place only once it succeeded."""
+        partial = self.talk_dir(talk).with_name(talk + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        (partial / "source.txt").write_text(f"{self.wav(talk)}\n", encoding="utf-8")
+        joiner = "" if self.char_level else " "
+        (partial / "target.txt").write_text(joiner.join(self.data.talk_lines(talk, self.args.lang)) + "\n",
+                                            encoding="utf-8")
+        command = self.simuleval_command(partial)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        start = time.perf_counter()
+        with (partial / "simuleval.log").open("w", encoding="utf-8") as log:
+            done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env,
+                                  timeout=self.args.talk_timeout_s)
+        wall_s = time.perf_counter() - start
+        if done.returncode != 0 or not (partial / "instances.log").is_file():
+            tail = (partial / "simuleval.log").read_text(encoding="utf-8")[-3000:]
+            raise RuntimeError(f"simuleval failed on {talk} (exit {done.returncode}); "
+                               f"log: {partial / 'simuleval.log'}\n{tail}")
+        (partial / "run.json").write_text(json.dumps({"command": shlex.join(command), "wall_s": round(wall_s, 1)},
+                                                     indent=2) + "\n", encoding="utf-8")
+        partial.rename(self.talk_dir(talk))
+
+    def write_references(self) -> tuple[Path, Path, Path]:
+        """Segmentation, references and sources of the selected talks, in talk order."""
+        segments = [s for talk in self.talks for s in self.data.talk_segments(talk)]
+        write_segments(self.dir / "segments.yaml", [segment_entry(s.wav, s.offset_s, s.duration_s) for s in segments])
+        for lang, name in ((self.args.lang, "references.txt"), ("en", "sources.txt")):
+            lines = self.data.lines(lang)
+            (self.dir / name).write_text("".join(lines[s.line] + "\n" for s in segments), encoding="utf-8")
+        return self.dir / "segments.yaml", self.dir / "references.txt", self.dir / "sources.txt"
+
+    def score(self) -> dict:
+        segments, references, sources = self.write_references()
+        hypotheses = self.dir / "hypotheses.jsonl"
+        merge_hypotheses([self.talk_dir(t) for t in self.talks], hypotheses)
+        use_comet, comet_note = xcomet_status(self.args.comet_model)
+        command = omnisteval_command(segments, references, sources, hypotheses, self.args.lang,
+                                     self.dir / "omnisteval", self.args.comet_model if use_comet else None)
+        scores = run_omnisteval(command, self.dir / "omnisteval")
+        try:
+            laal_cu, laal_ca, laal_note = stream_laal(hypotheses, segments, references, self.args.lang)
+        except Exception as err:  # noqa: BLE001 - an optional metric must not sink the row
+            laal_cu = laal_ca = None
+            laal_note = f"skipped: {type(err).__name__}: {err}"
+        return self.row(scores, command, comet_note, laal_cu, laal_ca, laal_note)
+
+    def row(self, scores: dict, omnisteval: list[str], comet_note: str, laal_cu, laal_ca, laal_note) -> dict:
+        runs = [json.loads((self.talk_dir(t) / "run.json").read_text()) for t in self.talks]
+        steps = [json.loads(line) for t in self.talks
+                 for line in (self.talk_dir(t) / "steps.jsonl").read_text().splitlines()]
+        audio_s = sum(soundfile.info(str(self.wav(t))).duration for t in self.talks)
+        compute_s = sum(s["compute_ms"] for s in steps) / 1000
+        return {
+            "run": self.name, "lang": self.args.lang, "preset": self.args.preset, "policy": self.selection.label,
+            "wait_k": self.args.wait_k if self.args.policy == "wait-k" else None,
+            "talks": self.talks, "n_segments": sum(len(self.data.talk_segments(t)) for t in self.talks),
+            "audio_s": round(audio_s, 1),
+            "bleu": scores.get("BLEU"), "chrf": scores.get("chrF"),
+            "xcomet": scores.get("COMET") if comet_note == self.args.comet_model else None, "xcomet_note": comet_note,
+            "longyaal_cu_ms": scores.get("LongYAAL (CU)"), "longyaal_ca_ms": scores.get("LongYAAL (CA)"),
+            "streamlaal_cu_ms": laal_cu, "streamlaal_ca_ms": laal_ca, "streamlaal_note": laal_note,
+            "ca_definition": "audio read + compute time of the policy call that wrote the unit (timed agent)",
+            "compute_s": round(compute_s, 1), "rtf": round(compute_s / audio_s, 3) if audio_s else None,
+            "wall_s": round(sum(r["wall_s"] for r in runs), 1),
+            "omnisteval_scores": scores,
+            "commands": {"runner": shlex.join(["python", "-m", "eval.run_dev", *self.argv]),
+                         "simuleval": runs[0]["command"] if runs else None, "omnisteval": shlex.join(omnisteval)},
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        }
+
+
+def write_row(out: Path, row: dict) -> None:
+    """OUT/RUN.json, and the row in OUT/results.tsv (replacing an earlier row of the same run)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{row['run']}.json").write_text(json.dumps(row, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tsv = out / "results.tsv"
+    rows = [line for line in (tsv.read_text(encoding="utf-8").splitlines()[1:] if tsv.is_file() else [])
+            if line.split("\t")[0] != row["run"]]
+
+    def cell(key):
+        value = row[key]
+        if key == "talks":
+            return str(len(value))
+        return f"{value:.2f}" if isinstance(value, float) else "" if value is None else str(value)
+
+    rows.append("\t".join(cell(k) for k in TSV_COLUMNS))
+    tsv.write_text("\t".join(TSV_COLUMNS) + "\n" + "\n".join(sorted(rows)) + "\n", encoding="utf-8")
+
+
+def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, agent_flags = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    run = Run(args, agent_flags, argv)
+    pending = [t for t in run.talks if not (run.talk_dir(t) / "instances.log").is_file()]
+    if len(pending) < len(run.talks):
+        logger.info("%s: %d of %d talks already done, skipped", run.name, len(run.talks) - len(pending),
+                    len(run.talks))
+    for talk in tqdm(pending, desc=run.name, unit="talk"):
+        run.run_talk(talk)
+    row = run.score()
+    write_row(run.out, row)
+    bad = [k for k in ("bleu", "chrf", "longyaal_cu_ms", "longyaal_ca_ms") if not finite(row[k])]
+    logger.info("%s: BLEU %s chrF %s LongYAAL CU %s ms CA %s ms StreamLAAL CU %s ms XCOMET %s", run.name,
+                *(row[k] for k in ("bleu", "chrf", "longyaal_cu_ms", "longyaal_ca_ms", "streamlaal_cu_ms")),
+                row["xcomet"] if row["xcomet"] is not None else row["xcomet_note"])
+    if bad:
+        logger.warning("%s: not a finite number: %s", run.name, ", ".join(bad))
+    return row
+
+
+if __name__ == "__main__":
+    main()

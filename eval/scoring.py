@@ -1,0 +1,122 @@
+"""Scoring of long-form SimulEval runs: OmniSTEval (BLEU, chrF, LongYAAL CU/CA, XCOMET-XL) and StreamLAAL.
+
+Emission times (ms from the start of the talk), per target unit:
+- computation-unaware (CU): audio read when the unit was written (SimulEval's `delays`);
+- computation-aware (CA): audio read + compute time of the policy call that wrote it (`elapsed_step`, from the
+  timed agent's steps.jsonl). SimulEval's own `elapsed` adds the whole talk's compute so far instead.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import os
+import subprocess
+from argparse import Namespace
+from pathlib import Path
+
+from alignatt.text_units import is_char_level
+
+logger = logging.getLogger(__name__)
+
+CA_KEY = "elapsed_step"
+XCOMET = "Unbabel/XCOMET-XL"
+
+
+def step_ca_delays(instance: dict, steps: list[dict]) -> list[float]:
+    """Computation-aware emission time of every unit of `instance`: its delay + its step's compute time.
+
+    A unit's delay is the audio read (ms) when it was written, which identifies the policy call that wrote it.
+    """
+    compute_ms = {}
+    for step in steps:
+        if step["written"]:
+            compute_ms[round(step["source_ms"], 3)] = step["compute_ms"]
+    missing = {d for d in instance["delays"] if round(d, 3) not in compute_ms}
+    if missing:
+        raise ValueError(f"no timed step wrote at {sorted(missing)[:3]} ms (steps.jsonl does not match the log)")
+    return [d + compute_ms[round(d, 3)] for d in instance["delays"]]
+
+
+def merge_hypotheses(talk_dirs: list[Path], out_path: Path) -> None:
+    """One SimulEval JSONL line per talk, with the step-wise CA emission times added under CA_KEY."""
+    with out_path.open("w", encoding="utf-8") as out:
+        for talk_dir in talk_dirs:
+            [instance] = [json.loads(line) for line in (talk_dir / "instances.log").read_text().splitlines()]
+            steps = [json.loads(line) for line in (talk_dir / "steps.jsonl").read_text().splitlines()]
+            instance[CA_KEY] = step_ca_delays(instance, steps)
+            out.write(json.dumps(instance, ensure_ascii=False) + "\n")
+
+
+def xcomet_status(model: str | None) -> tuple[bool, str]:
+    """(usable, note): XCOMET runs only where unbabel-comet and the weights are already on this machine."""
+    if not model:
+        return False, "skipped: disabled"
+    if importlib.util.find_spec("comet") is None:
+        return False, "skipped: no weights (unbabel-comet is not installed)"
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(model, "checkpoints/model.ckpt"), str):
+        return False, f"skipped: no weights ({model} is not in the Hugging Face cache)"
+    return True, model
+
+
+def omnisteval_command(segments: Path, references: Path, sources: Path, hypotheses: Path, lang: str,
+                       out_dir: Path, comet_model: str | None = None) -> list[str]:
+    level = ["--char_level", "--bleu_tokenizer", "zh"] if is_char_level(lang) else ["--word_level",
+                                                                                   "--bleu_tokenizer", "13a"]
+    command = ["omnisteval", "longform", "--speech_segmentation", str(segments), "--ref_sentences_file",
+               str(references), "--source_sentences_file", str(sources), "--hypothesis_file", str(hypotheses),
+               "--hypothesis_format", "jsonl", "--lang", lang, *level, "--emission_cu_key", "delays",
+               "--emission_ca_key", CA_KEY, "--output_folder", str(out_dir)]
+    if comet_model:
+        command += ["--comet", "--comet_model", comet_model]
+    return command
+
+
+def read_scores_tsv(path: Path) -> dict[str, float]:
+    scores = {}
+    for line in path.read_text(encoding="utf-8").splitlines()[1:]:
+        name, value = line.split("\t")
+        try:
+            scores[name] = float(value)
+        except ValueError:
+            scores[name] = value
+    return scores
+
+
+def run_omnisteval(command: list[str], out_dir: Path) -> dict[str, float]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # never download a scoring model
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    (out_dir / "omnisteval.log").parent.mkdir(parents=True, exist_ok=True)
+    (out_dir / "omnisteval.log").write_text(done.stdout + done.stderr, encoding="utf-8")
+    if done.returncode != 0:
+        raise RuntimeError(f"omnisteval failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+    return read_scores_tsv(out_dir / "scores.tsv")
+
+
+def stream_laal(hypotheses: Path, segments: Path, references: Path, lang: str) -> tuple[float | None, float | None,
+                                                                                     str]:
+    """StreamLAAL (ms) CU and CA with SimulStream's scorer (mwerSegmenter alignment), where it is installed."""
+    try:
+        from simulstream.metrics.readers import OutputWithDelays, YamlReferenceReader
+        from simulstream.metrics.scorers.latency import LatencyScoringSample
+        from simulstream.metrics.scorers.latency.stream_laal import StreamLaal
+    except ImportError as err:
+        return None, None, f"skipped: simulstream is not installed ({err.name})"
+    references_by_wav = YamlReferenceReader(str(segments), str(references)).references
+    samples = []
+    for line in hypotheses.read_text(encoding="utf-8").splitlines():
+        hyp = json.loads(line)
+        wav = Path(hyp["source"][0] if isinstance(hyp["source"], list) else hyp["source"]).stem
+        output = OutputWithDelays(hyp["prediction"], [d / 1000 for d in hyp["delays"]],
+                                  [d / 1000 for d in hyp[CA_KEY]])
+        samples.append(LatencyScoringSample(wav, output, references_by_wav[wav]))
+    scorer = StreamLaal(Namespace(latency_unit="char" if is_char_level(lang) else "word"))
+    scores = scorer.score(samples)
+    return scores.ideal_latency * 1000, scores.computational_aware_latency * 1000, "simulstream StreamLAAL"
+
+
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

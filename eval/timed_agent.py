@@ -1,0 +1,41 @@
+"""The AlignAtt agent with a stopwatch on every policy call, for computation-aware latency.
+
+SimulEval's `elapsed` is audio read + the wall time since the talk started, so over a long-form talk it
+accumulates every earlier step's compute. The standard computation-aware emission time (SimulStream's: audio
+processed + computation time of the step that emitted) needs the compute time of each step, which this
+subclass writes to OUTPUT/steps.jsonl, one line per policy call. Everything else is AlignAttAgent itself.
+
+    PYTHONPATH=. simuleval --agent-class eval.timed_agent.TimedAlignAttAgent --output OUT ...
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from simuleval.agents.actions import WriteAction
+
+from agents.alignatt_agent import AlignAttAgent
+
+STEPS_FILE = "steps.jsonl"
+
+
+class TimedAlignAttAgent(AlignAttAgent):
+    def __init__(self, args):
+        super().__init__(args)
+        output = getattr(args, "output", None)
+        self._steps = open(Path(output) / STEPS_FILE, "a", encoding="utf-8") if output else None  # noqa: SIM115
+
+    def policy(self, states=None):
+        states = states if states is not None else self.states
+        start = time.perf_counter()
+        action = super().policy(states)
+        compute_ms = (time.perf_counter() - start) * 1000.0
+        if self._steps is not None:
+            rate = states.source_sample_rate or 16000
+            written = action.content if isinstance(action, WriteAction) else ""
+            self._steps.write(json.dumps({"source_ms": len(states.source) * 1000.0 / rate,
+                                          "compute_ms": compute_ms, "written": written,
+                                          "finished": bool(states.source_finished)}, ensure_ascii=False) + "\n")
+            self._steps.flush()
+        return action

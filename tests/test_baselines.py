@@ -1,0 +1,223 @@
+"""Baseline policies (LocalAgreement-2, wait-k): pure decisions on scripted drafts, then inside the cascade."""
+import argparse
+
+import pytest
+
+from alignatt.baselines import (AlignAttPolicy, LocalAgreementPolicy, PolicySelection, SentenceDecisions,
+                                WaitKPolicy, agreed_units, draft_units, make_policy, wait_k_quota)
+from alignatt.cascade import Cascade, CascadeOptions
+from alignatt.factory import add_arguments, check_known
+from alignatt.policy import GateDecision
+from alignatt.prompt import PromptConfig
+from alignatt.text_units import split_units
+from alignatt.translator import DraftResult, Translator, TranslatorConfig
+from test_cascade import HEADS, TALK, TimelineAsr, feed, timeline
+from tiny_models import build_gemma4_conditional
+
+
+# --- pure decisions ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("previous, current, expected", [
+    (None, ["Wir", "schlagen"], 0),  # first draft of a sentence: nothing to agree with
+    ([], ["Wir"], 0),
+    (["Wir", "schlagen", "eine"], ["Wir", "schlagen", "ein"], 2),
+    (["Wir", "schlagen"], ["Wir", "schlagen", "eine", "neue"], 2),
+    (["Wir", "schlagen", "eine"], ["Wir"], 1),
+    (["Sie"], ["Wir", "schlagen"], 0),
+])
+def test_local_agreement_is_the_longest_common_prefix(previous, current, expected):
+    assert agreed_units(previous, current) == expected
+
+
+@pytest.mark.parametrize("accessible, k, written, expected", [
+    (0, 3, 0, 0), (2, 3, 0, 0), (3, 3, 0, 1), (5, 3, 0, 3), (5, 3, 2, 1), (5, 3, 3, 0), (5, 3, 7, 0), (1, 1, 0, 1),
+])
+def test_wait_k_quota(accessible, k, written, expected):
+    assert wait_k_quota(accessible, k, written) == expected
+
+
+def test_wait_k_never_writes_unit_i_before_k_plus_i_source_units():
+    for k in (1, 2, 4):
+        written = 0
+        for accessible in range(0, 12):
+            written += wait_k_quota(accessible, k, written)
+            assert written == max(0, accessible - k + 1)  # units 0..written-1 all have k + i <= accessible
+
+
+def test_draft_units_keep_only_complete_units():
+    assert draft_units(" schlagen eine ne", ended=False, char_level=False).units == ("schlagen", "eine")
+    assert draft_units(" schlagen eine neue", ended=True, char_level=False).units == ("schlagen", "eine", "neue")
+    assert draft_units(" schlagen eine ", ended=False, char_level=False).units == ("schlagen", "eine")
+    cut = draft_units(" schlagen eine ne", ended=False, char_level=False)
+    assert cut.prefix(1) == " schlagen" and cut.prefix(0) == ""  # leading space kept: it separates the prefix
+    assert draft_units("我们提出", ended=False, char_level=True).units == ("我", "们", "提", "出")
+    assert draft_units("我们用GP", ended=False, char_level=True).units == ("我", "们", "用")  # "GP" may go on
+
+
+class CharTranslator:
+    """Token ids are code points: enough of a Translator for a policy to read a draft."""
+
+    char_level = False
+
+    def continuation_text(self, prompt, token_ids):
+        return "".join(map(chr, token_ids))
+
+
+def scripted(text: str, ended: bool = False, new_text: str = "") -> DraftResult:
+    return DraftResult(None, tuple(map(ord, text)), ended, None, GateDecision(0, ()), new_text)
+
+
+def test_local_agreement_on_scripted_drafts():
+    policy, state, reader = LocalAgreementPolicy(), SentenceDecisions(), CharTranslator()
+    assert policy.accept(scripted("Wir schlagen ein"), reader, 2, state) == ""  # no previous draft yet
+    assert state.previous_units == ("Wir", "schlagen")  # "ein" may still grow: not a complete unit
+    assert policy.accept(scripted("Wir schlagen eine neue Meth"), reader, 4, state) == "Wir schlagen"
+    # The next draft continues after "Wir schlagen": compared with what the last one had after it.
+    assert state.previous_units == ("eine", "neue")
+    assert policy.accept(scripted(" eine neue Methode vor", ended=True), reader, 6, state) == " eine neue"
+    assert state.previous_units == ("Methode", "vor") and state.n_units_written == 4
+    assert policy.accept(scripted(" Methoden", ended=True), reader, 6, state) == ""
+    assert policy.accept(scripted(" Methoden vor", ended=True), reader, 7, state) == " Methoden"
+
+
+def test_wait_k_on_scripted_drafts():
+    policy, state, reader = WaitKPolicy(2), SentenceDecisions(), CharTranslator()
+    assert policy.accept(scripted("Wir schlagen eine neue"), reader, 1, state) == ""
+    assert policy.accept(scripted("Wir schlagen eine neue"), reader, 2, state) == "Wir"
+    assert policy.accept(scripted(" schlagen eine neue Methode"), reader, 5, state) == " schlagen eine neue"
+    assert state.n_units_written == 4
+    assert policy.accept(scripted(" Methode vor"), reader, 9, state) == " Methode"  # "vor" may be cut short
+    assert policy.accept(scripted(" vor", ended=True), reader, 9, state) == " vor"
+
+
+def test_alignatt_policy_keeps_the_gate_s_text():
+    assert AlignAttPolicy().accept(scripted("Wir schlagen", new_text="Wir"), CharTranslator(), 1,
+                                   SentenceDecisions()) == "Wir"
+
+
+# --- options ----------------------------------------------------------------------------------------------
+
+def test_policy_flags_and_config_keys():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--policy", "wait-k", "--wait-k", "5"])
+    assert isinstance(make_policy(PolicySelection(args.policy, args.wait_k)), WaitKPolicy)
+    assert parser.parse_args([]).policy == "alignatt"
+    check_known({"policy": "local-agreement", "wait_k": 2})
+    with pytest.raises(ValueError, match="unknown policy"):
+        PolicySelection("wait-3")
+    with pytest.raises(ValueError):
+        PolicySelection("wait-k", 0)
+    assert PolicySelection("wait-k", 4).label == "wait-k4" and PolicySelection().label == "alignatt"
+
+
+# --- in the cascade, on a scripted ASR timeline --------------------------------------------------------------
+
+class OracleTranslator:
+    """Translates word by word (upper case) and drafts a guess beyond the source that changes every step."""
+
+    char_level = False
+
+    def __init__(self):
+        self.n_steps = 0
+
+    @staticmethod
+    def translation(source):
+        return source.upper().split()
+
+    def continuation_text(self, prompt, token_ids):
+        return "".join(map(chr, token_ids))
+
+    def _rest(self, words, target_prefix):
+        written = target_prefix.split()
+        assert words[: len(written)] == written, "a draft always continues the accepted prefix"
+        return (" " if written else "") + " ".join(words[len(written):])
+
+    def draft(self, source, n_accessible_units, target_prefix="", history=()):
+        self.n_steps += 1
+        words = self.translation(source)
+        text = self._rest(words + [f"GUESS{self.n_steps}", "MORE"], target_prefix)
+        gated = self._rest(words[:n_accessible_units], target_prefix) if n_accessible_units > len(
+            target_prefix.split()) else ""
+        return scripted(text, new_text=gated)
+
+    def finish(self, source, target_prefix="", history=()):
+        return self._rest(self.translation(source), target_prefix)
+
+
+class Recording:
+    """Wraps a policy; records every decision: (accessible units, draft units, accepted units, sentence state)."""
+
+    def __init__(self, policy):
+        self.policy = policy
+        self.steps = []
+
+    def accept(self, result, translator, n_accessible_units, state):
+        units = draft_units(translator.continuation_text(result.prompt, result.draft_ids), result.ended,
+                            False).units
+        text = self.policy.accept(result, translator, n_accessible_units, state)
+        self.steps.append((n_accessible_units, units, tuple(split_units(text)), state))
+        return text
+
+
+def run_talk(policy, translator, seconds=8.0):
+    recording = Recording(policy)
+    cascade = Cascade(TimelineAsr(timeline(TALK)), translator, CascadeOptions(step_ms=500, min_audio_s=1.0),
+                      policy=recording)
+    units = [u for out in feed(cascade, seconds) for u in out] + cascade.finish()
+    return units, recording.steps
+
+
+def per_sentence(steps):
+    """Each step with the number of units its sentence had written before it (counted here, not by the policy)."""
+    written, state_before = 0, None
+    for accessible, units, accepted, state in steps:
+        if state is not state_before:  # the cascade gives every sentence a fresh state
+            written, state_before = 0, state
+        yield accessible, written, units, accepted, state
+        written += len(accepted)
+
+
+@pytest.mark.parametrize("policy", [AlignAttPolicy(), LocalAgreementPolicy(), WaitKPolicy(1), WaitKPolicy(3)],
+                         ids=["alignatt", "local-agreement", "wait-k1", "wait-k3"])
+def test_every_policy_writes_the_whole_translation_once(policy):
+    units, steps = run_talk(policy, OracleTranslator())
+    assert units == OracleTranslator.translation(TALK)  # append-only, nothing lost, no guess ever written
+    assert len({id(state) for *_, state in steps}) >= 2, "several sentences were drafted, each with its own state"
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_wait_k_in_the_cascade_respects_the_lag(k):
+    _, steps = run_talk(WaitKPolicy(k), OracleTranslator())
+    assert any(accepted for _, _, accepted, _ in steps)
+    for accessible, before, _, accepted, _ in per_sentence(steps):
+        # units i = before .. before + len(accepted) - 1 of the sentence each need k + i accessible source units
+        assert before + len(accepted) <= max(0, accessible - k + 1)
+
+
+def test_local_agreement_in_the_cascade_writes_only_agreed_units():
+    _, steps = run_talk(LocalAgreementPolicy(), OracleTranslator())
+    assert any(accepted for _, _, accepted, _ in steps)
+    previous, state_before = None, None  # the previous draft of the same sentence, after what it let through
+    for _, units, accepted, state in steps:
+        if state is not state_before:  # a new sentence: nothing to agree with yet
+            previous, state_before = None, state
+        assert accepted == units[: agreed_units(previous, units)]
+        previous = units[len(accepted):]
+
+
+@pytest.fixture(scope="module")
+def tiny_translator(gemma_tok):
+    model = build_gemma4_conditional(vocab_size=len(gemma_tok))
+    return Translator(model, gemma_tok, HEADS, PromptConfig(target_lang="de"),
+                      TranslatorConfig(max_final_tokens=6, max_draft_tokens=6))
+
+
+@pytest.mark.parametrize("selection", [PolicySelection("local-agreement"), PolicySelection("wait-k", 2)],
+                         ids=["local-agreement", "wait-k2"])
+def test_baselines_on_the_real_translator(selection, tiny_translator):
+    units, steps = run_talk(make_policy(selection), tiny_translator, seconds=6.0)
+    assert steps
+    for _, draft, accepted, _ in steps:
+        assert draft[: len(accepted)] == accepted  # a baseline writes a prefix of the model's own draft
+    assert len(units) >= sum(len(accepted) for _, _, accepted, _ in steps)
