@@ -50,7 +50,6 @@ class TalkState:
     history: deque  # (source, translation) of the last finished sentences
     target_prefix: str = ""  # accepted translation of the open sentence
     unprocessed_s: float = 0.0  # audio appended since the last step
-    n_units_out: int = 0  # target units returned so far for the whole talk
     decisions: SentenceDecisions = field(default_factory=SentenceDecisions)  # the policy's open-sentence state
 
 
@@ -131,6 +130,4 @@ class Cascade:
             return []
         talk = self.talk
         talk.target_prefix = (talk.target_prefix + new_text).strip()
-        units = split_units(new_text, self.translator.char_level)
-        talk.n_units_out += len(units)
-        return units
+        return split_units(new_text, self.translator.char_level)
