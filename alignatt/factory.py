@@ -16,7 +16,7 @@ from alignatt.cascade import PRESETS, Cascade, CascadeOptions
 from alignatt.heads import HeadsFile, shipped_heads_path
 from alignatt.options import add_dataclass_arguments, dataclass_from_args
 from alignatt.policy import PolicyConfig
-from alignatt.prompt import PromptConfig
+from alignatt.prompt import PromptConfig, read_few_shot
 from alignatt.source import SourceOptions
 from alignatt.transcriber import TranscriberOptions
 from alignatt.translator import Translator, TranslatorConfig
@@ -67,15 +67,6 @@ def load_heads(args, translator_config: TranslatorConfig, prompt_config: PromptC
     return HeadsFile.load(path)
 
 
-def load_few_shot(path: str | None) -> list[tuple[str, str]]:
-    if not path:
-        return []
-    import json
-
-    with open(path, encoding="utf-8") as lines:
-        return [(row["src_ref"], row["tgt_ref"]) for row in map(json.loads, lines) if row]
-
-
 def cascade_options(args) -> CascadeOptions:
     preset = getattr(args, "preset", None)
     return dataclass_from_args(CascadeOptions, args, **PRESETS.get(preset, {}))
@@ -95,7 +86,7 @@ def build_cascade(args) -> Cascade:
                        else dataclass_from_args(WhisperOptions, args, prefix="whisper-"))
     translator = Translator.from_pretrained(translator_config, heads, prompt_config,
                                             dataclass_from_args(PolicyConfig, args),
-                                            load_few_shot(getattr(args, "few_shot_file", None)))
+                                            read_few_shot(getattr(args, "few_shot_file", None)))
     return Cascade(load_backend(backend_name, backend_options), translator, cascade_options(args),
                    dataclass_from_args(TranscriberOptions, args),
                    dataclass_from_args(SourceOptions, args, prefix="source-"), policy)

@@ -8,8 +8,10 @@ Word <-> token maps come from the tokenizer's character offsets of the rendered 
 from __future__ import annotations
 
 import bisect
+import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -26,6 +28,27 @@ DEFAULT_SYSTEM_PROMPT = (
 # Two placeholders with no character in common: whichever differs from the source at both ends is used
 # to find where the template puts the user content.
 _PLACEHOLDERS = ("\u2460", "\u2461")
+
+
+def read_few_shot(path: str | Path | None) -> tuple[tuple[str, str], ...]:
+    """(source, target) examples for plain prompts: JSONL lines with `src_ref` and `tgt_ref`.
+
+    The agent and the head calibration both read them here, so the calibrated prompt is the runtime prompt.
+    Whitespace is normalised as `PromptBuilder.render` normalises the live source and target.
+    """
+    if not path:
+        return ()
+    examples = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            record = json.loads(line)
+            source, target = record["src_ref"], record["tgt_ref"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}:{n}: few-shot lines need string fields 'src_ref' and 'tgt_ref'") from err
+        if not isinstance(source, str) or not isinstance(target, str):
+            raise ValueError(f"{path}:{n}: 'src_ref' and 'tgt_ref' must be strings")
+        examples.append((" ".join(source.split()), target.strip()))
+    return tuple(examples)
 
 
 @dataclass(frozen=True)

@@ -84,11 +84,3 @@ def select_pairs(pairs: list[SentencePair], max_pairs: int | None, dedup: bool =
     if len(kept) < len(pairs):
         logger.info("%d of %d pairs kept (empty or repeated pairs dropped)", len(kept), len(pairs))
     return kept[:max_pairs] if max_pairs else kept
-
-
-def read_few_shot(path: str | Path | None, source_field: str = "src_ref",
-                  target_field: str = "tgt_ref") -> tuple[tuple[str, str], ...]:
-    """(source, target) examples for plain prompts, from a JSONL file like the pairs file."""
-    if path is None:
-        return ()
-    return tuple((p.source, p.target) for p in read_pairs(path, "en", source_field, target_field))

@@ -21,12 +21,12 @@ from pathlib import Path
 
 from alignatt.heads import HeadsFileError
 from alignatt.options import add_dataclass_arguments, dataclass_from_args
-from alignatt.prompt import PromptBuilder, PromptConfig
+from alignatt.prompt import PromptBuilder, PromptConfig, read_few_shot
 from alignatt.text_units import is_char_level
 from alignatt.translator import TranslatorConfig, load_model_and_tokenizer
 from calibration.align import ALIGNERS, EflomalSettings, align_pairs, aligner_description
 from calibration.outputs import make_heads_file, write_heatmap, write_tsv
-from calibration.pairs import PairsFileError, SentencePair, read_few_shot, read_pairs, select_pairs
+from calibration.pairs import PairsFileError, SentencePair, read_pairs, select_pairs
 from calibration.pharaoh import AlignmentFileError, Link, check_alignments, read_pharaoh, write_pharaoh
 from calibration.scoring import score_heads
 from calibration.stability import half_split_stability, score_summary

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from alignatt.prompt import PromptBuilder, PromptConfig, map_source_tokens
+from alignatt.prompt import PromptBuilder, PromptConfig, map_source_tokens, read_few_shot
 from offline_tokenizers import gemma_tokenizer
 
 TOKENIZERS = ["gemma_tok", "qwen_tok"]
@@ -99,3 +99,13 @@ def test_whitespace_only_tokens_belong_to_no_unit():
     offsets = [(0, 2), (2, 3), (3, 4), (4, 6)]  # "ab", " ", " ", "cd"
     positions, units = map_source_tokens(text, offsets, (0, 6), [(0, 2), (4, 6)])
     assert positions.tolist() == [0, 3] and units.tolist() == [0, 1]
+
+
+def test_few_shot_file_is_read_once_for_agent_and_calibration(tmp_path):
+    path = tmp_path / "shots.jsonl"
+    path.write_text('{"src_ref": "  Good   morning. ", "tgt_ref": " Guten Morgen. "}\n')
+    assert read_few_shot(path) == (("Good morning.", "Guten Morgen."),)
+    assert read_few_shot(None) == ()
+    path.write_text('{"src_ref": "ok", "tgt_ref": "ok"}\n{"src": "missing"}\n')
+    with pytest.raises(ValueError, match="shots.jsonl:2: few-shot lines need"):
+        read_few_shot(path)
