@@ -38,7 +38,8 @@ class HalfSplitStability:
 
 def half_split_stability(scores: HeadScores, top_k: int, n_splits: int = 20, seed: int = 0) -> HalfSplitStability:
     if scores.n_pairs < 2:
-        raise ValueError("a half split needs at least two scored pairs")
+        raise ValueError(f"the half-split stability check needs at least two scored pairs, got {scores.n_pairs}: "
+                         "give more pairs, or check that the alignments link target words")
     rng = np.random.default_rng(seed)
     full_top = set(ranking(scores.ts())[:top_k])
     overlaps, top1, spearman, kendall, recovered, example = [], [], [], [], [], {}
