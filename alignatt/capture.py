@@ -71,7 +71,8 @@ class LayerCapture:
                 f"layer {self.layer}: capture expected keys from position {self._n_keys} but the model "
                 f"added position {first}; start the capture before the first forward call of a sequence")
         kv_index = torch.tensor(self.unique_kv_heads, device=key.device)
-        new_keys = key[:, :, key.shape[2] - n_new:, :].index_select(1, kv_index)  # (B, Hkv_u, n_new, D)
+        key_index = new_key_index(positions.to(key.device), key.shape[2])
+        new_keys = key.index_select(2, key_index).index_select(1, kv_index)  # (B, Hkv_u, n_new, D)
         self._key_chunks.append(new_keys.detach().clone())
         self._n_keys += n_new
 
@@ -131,6 +132,43 @@ def _kv_groups(module: nn.Module) -> int:
     return int(getattr(module, "num_key_value_groups", 1))
 
 
+def group_heads(modules: Sequence[nn.Module], text_config, heads: Sequence[HeadRef]
+                ) -> dict[int, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """{layer: (query heads, the KV head serving each)} for the chosen heads, checked against the model."""
+    by_layer: dict[int, list[int]] = {}
+    for ref in heads:
+        if not 0 <= ref.layer < len(modules):
+            raise ValueError(f"layer {ref.layer} does not exist: the model has {len(modules)} layers")
+        n_heads = attention_head_count(modules[ref.layer], text_config)
+        if not 0 <= ref.head < n_heads:
+            raise ValueError(f"head {ref.head} does not exist in layer {ref.layer} ({n_heads} query heads)")
+        by_layer.setdefault(ref.layer, []).append(ref.head)
+    grouped = {}
+    for layer, query_heads in sorted(by_layer.items()):
+        groups = _kv_groups(modules[layer])
+        grouped[layer] = (tuple(query_heads), tuple(h // groups for h in query_heads))
+    return grouped
+
+
+def check_sdpa(text_config) -> None:
+    attn_impl = getattr(text_config, "_attn_implementation", None)
+    if attn_impl != ATTENTION_NAME:
+        raise ValueError(f"capture needs attn_implementation='{ATTENTION_NAME}', the model uses {attn_impl!r}")
+
+
+def new_key_index(positions: torch.Tensor, key_len: int) -> torch.Tensor:
+    """Index, inside the key tensor an attention call receives, of the keys of the call's new positions.
+
+    Caches that hold every position (dynamic full layers, static layers, a sliding layer not yet full)
+    hand over keys indexed by absolute position; a full sliding window (dynamic or static, rolled or
+    concatenated) ends with the new keys. The last new position tells which case this is. Tensor
+    operations only, so the same rule runs inside a compiled graph.
+    """
+    n_new = positions.shape[0]
+    tail = torch.arange(key_len - n_new, key_len, device=positions.device)
+    return torch.where(positions[-1:] < key_len, positions, tail)
+
+
 class QKCapture:
     """Records post-RoPE q/k of chosen heads while the context is active.
 
@@ -144,30 +182,16 @@ class QKCapture:
             raise ValueError("QKCapture needs at least one head")
         self._modules = text_attention_modules(model)
         self._text_config = model.config.get_text_config()
-        attn_impl = getattr(self._text_config, "_attn_implementation", None)
-        if attn_impl != ATTENTION_NAME:
-            raise ValueError(f"capture needs attn_implementation='{ATTENTION_NAME}', the model uses {attn_impl!r}")
+        check_sdpa(self._text_config)
         self.layers: dict[int, LayerCapture] = self._build_layers(heads, query_start_position)
         self._by_module = {id(self._modules[layer]): cap for layer, cap in self.layers.items()}
         self._previous: object | None = None
         self._had_local = False
 
     def _build_layers(self, heads: Sequence[HeadRef], query_start_position: int) -> dict[int, LayerCapture]:
-        by_layer: dict[int, list[int]] = {}
-        for ref in heads:
-            if not 0 <= ref.layer < len(self._modules):
-                raise ValueError(f"layer {ref.layer} does not exist: the model has {len(self._modules)} layers")
-            n_heads = attention_head_count(self._modules[ref.layer], self._text_config)
-            if not 0 <= ref.head < n_heads:
-                raise ValueError(f"head {ref.head} does not exist in layer {ref.layer} ({n_heads} query heads)")
-            by_layer.setdefault(ref.layer, []).append(ref.head)
-        layers = {}
-        for layer, query_heads in sorted(by_layer.items()):
-            groups = _kv_groups(self._modules[layer])
-            layers[layer] = LayerCapture(layer=layer, query_heads=tuple(query_heads),
-                                         kv_heads=tuple(h // groups for h in query_heads),
-                                         query_start_position=query_start_position)
-        return layers
+        return {layer: LayerCapture(layer=layer, query_heads=query_heads, kv_heads=kv_heads,
+                                    query_start_position=query_start_position)
+                for layer, (query_heads, kv_heads) in group_heads(self._modules, self._text_config, heads).items()}
 
     def capture_for(self, ref: HeadRef) -> tuple[LayerCapture, int]:
         """The layer capture holding `ref` and the head's slot within it."""

@@ -13,6 +13,7 @@ import logging
 from alignatt.asr import BACKENDS, load_backend
 from alignatt.baselines import PolicySelection, make_policy
 from alignatt.cascade import PRESETS, Cascade, CascadeOptions
+from alignatt.decoding import DecodeConfig
 from alignatt.heads import HeadsFile, shipped_heads_path
 from alignatt.options import add_dataclass_arguments, dataclass_from_args
 from alignatt.policy import PolicyConfig
@@ -29,7 +30,7 @@ def _option_groups():
     from alignatt.asr_qwen3 import Qwen3AsrOptions
     from alignatt.asr_whisper import WhisperOptions
 
-    return [(TranslatorConfig, "mt-"), (PromptConfig, ""), (PolicyConfig, ""), (PolicySelection, ""),
+    return [(TranslatorConfig, "mt-"), (DecodeConfig, "mt-"), (PromptConfig, ""), (PolicyConfig, ""), (PolicySelection, ""),
             (CascadeOptions, ""), (TranscriberOptions, ""), (SourceOptions, "source-"), (Qwen3AsrOptions, "qwen3-"),
             (WhisperOptions, "whisper-")]
 
@@ -86,7 +87,9 @@ def build_cascade(args) -> Cascade:
                        else dataclass_from_args(WhisperOptions, args, prefix="whisper-"))
     translator = Translator.from_pretrained(translator_config, heads, prompt_config,
                                             dataclass_from_args(PolicyConfig, args),
-                                            read_few_shot(getattr(args, "few_shot_file", None)))
+                                            read_few_shot(getattr(args, "few_shot_file", None)),
+                                            dataclass_from_args(DecodeConfig, args, prefix="mt-"))
+    translator.warm_up()
     return Cascade(load_backend(backend_name, backend_options), translator, cascade_options(args),
                    dataclass_from_args(TranscriberOptions, args),
                    dataclass_from_args(SourceOptions, args, prefix="source-"), policy)

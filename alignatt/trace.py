@@ -10,6 +10,7 @@ import logging
 import sys
 
 from alignatt.heads import HeadsFile, HeadsFileError, shipped_heads_path
+from alignatt.decoding import DecodeConfig
 from alignatt.options import add_dataclass_arguments, dataclass_from_args
 from alignatt.policy import PolicyConfig
 from alignatt.prompt import PromptConfig
@@ -57,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         heads = HeadsFile.load(args.heads or shipped_heads_path(
             config.model_id, f"{prompt_config.source_lang}-{prompt_config.target_lang}"))
-        translator = Translator.from_pretrained(config, heads, prompt_config, dataclass_from_args(PolicyConfig, args))
+        # One draft: compiling the decoder would cost more than it saves.
+        translator = Translator.from_pretrained(config, heads, prompt_config, dataclass_from_args(PolicyConfig, args),
+                                                decode_config=DecodeConfig(decode="eager"))
     except HeadsFileError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -10,10 +10,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from alignatt.capture import HeadRef, capture_heads
+from alignatt.capture import HeadRef
+from alignatt.decoding import DecodeConfig, Request, make_decoder
 from alignatt.devices import resolve_device, resolve_dtype
 from alignatt.heads import HeadsFile
 from alignatt.policy import GateDecision, PolicyConfig, complete_units_text, gate_draft
@@ -71,7 +71,7 @@ class Translator:
 
     def __init__(self, model, tokenizer, heads: Sequence[HeadRef], prompt_config: PromptConfig = PromptConfig(),
                  config: TranslatorConfig = TranslatorConfig(), policy_config: PolicyConfig = PolicyConfig(),
-                 few_shot: Sequence[tuple[str, str]] = ()):
+                 few_shot: Sequence[tuple[str, str]] = (), decode_config: DecodeConfig = DecodeConfig()):
         self.model = model
         self.tokenizer = tokenizer
         self.heads = tuple(heads)
@@ -80,14 +80,16 @@ class Translator:
         self.prompts = PromptBuilder(tokenizer, prompt_config, few_shot)
         self.char_level = is_char_level(prompt_config.target_lang)
         self._eos_ids = self._end_token_ids()
+        self.decoder = make_decoder(model, self.heads, decode_config)
 
     @classmethod
     def from_pretrained(cls, config: TranslatorConfig, heads_file: HeadsFile, prompt_config: PromptConfig,
-                        policy_config: PolicyConfig = PolicyConfig(), few_shot: Sequence[tuple[str, str]] = ()
-                        ) -> "Translator":
+                        policy_config: PolicyConfig = PolicyConfig(), few_shot: Sequence[tuple[str, str]] = (),
+                        decode_config: DecodeConfig = DecodeConfig()) -> "Translator":
         model, tokenizer = load_model_and_tokenizer(config)
         heads_file.check_fits(model.config, config.model_id)
-        return cls(model, tokenizer, heads_file.selected(), prompt_config, config, policy_config, few_shot)
+        return cls(model, tokenizer, heads_file.selected(), prompt_config, config, policy_config, few_shot,
+                   decode_config)
 
     def _end_token_ids(self) -> list[int]:
         ids = self.model.generation_config.eos_token_id
@@ -96,21 +98,26 @@ class Translator:
             ids.append(self.tokenizer.eos_token_id)
         return ids
 
-    def _generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> list[int]:
+    def _generation_config(self, max_new_tokens: int) -> GenerationConfig:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self._eos_ids[0]
-        generation = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False,
-                                      repetition_penalty=self.config.repetition_penalty,
-                                      eos_token_id=self._eos_ids, pad_token_id=pad)
+        return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False,
+                                repetition_penalty=self.config.repetition_penalty,
+                                eos_token_id=self._eos_ids, pad_token_id=pad)
+
+    def warm_up(self) -> None:
+        """Compile the decoder's graphs now (compiled decoding only) rather than on the first draft."""
+        filler = self.prompts.render("This sentence only warms up the translator.", "", None)
+        self.decoder.warm_up(filler.input_ids, self._generation_config(self.config.max_draft_tokens))
+
+    def _generate(self, prompt: RenderedPrompt, max_new_tokens: int, capture: bool):
+        generation = self._generation_config(max_new_tokens)
         kwargs = {}
         if self.prompts.config.style == "plain":  # base models: one line per translation
             kwargs = {"stop_strings": ["\n"], "tokenizer": self.tokenizer}
-        with torch.no_grad():
-            output = self.model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
-                                         generation_config=generation, **kwargs)
-        return output[0, input_ids.shape[1]:].tolist()
-
-    def _input_ids(self, prompt: RenderedPrompt) -> torch.Tensor:
-        return torch.tensor([prompt.input_ids], device=self.model.device)
+        return self.decoder.generate(Request(
+            input_ids=prompt.input_ids, generation=generation,
+            capture_from=prompt.n_tokens - 1 if capture else None,
+            stable_len=prompt.stable_prefix_len, generate_kwargs=kwargs))
 
     def continuation_text(self, prompt: RenderedPrompt, token_ids: Sequence[int]) -> str:
         """Text that `token_ids` add after the prompt (decoded with the prompt's last token as anchor, so
@@ -136,12 +143,10 @@ class Translator:
         prompt = self.prompts.render(source, target_prefix, n_accessible_units, history)
         if prompt.n_units == 0:
             return DraftResult(prompt, (), False, None, GateDecision(0, ()), "")
-        input_ids = self._input_ids(prompt)
         budget = self.config.draft_budget(len(prompt.source_token_positions))
-        with capture_heads(self.model, self.heads, query_start_position=prompt.n_tokens - 1) as capture:
-            generated = self._generate(input_ids, budget)
-        draft_ids, ended = self._split_end(prompt, generated)
-        attention = split_draft_attention(replay(capture, self.heads), prompt.source_token_positions,
+        generated = self._generate(prompt, budget, capture=True)
+        draft_ids, ended = self._split_end(prompt, generated.token_ids)
+        attention = split_draft_attention(replay(generated.captured, self.heads), prompt.source_token_positions,
                                           prompt.source_accessible_mask(), draft_start=prompt.n_tokens)
         n_rows = len(draft_ids)
         gate = gate_draft(attention.source[:, :n_rows], prompt.source_token_units,
@@ -162,6 +167,6 @@ class Translator:
         prompt = self.prompts.render(source, target_prefix, None, history)
         if prompt.n_units == 0:
             return ""
-        generated = self._generate(self._input_ids(prompt), self.config.max_final_tokens)
-        draft_ids, _ = self._split_end(prompt, generated)
+        generated = self._generate(prompt, self.config.max_final_tokens, capture=False)
+        draft_ids, _ = self._split_end(prompt, generated.token_ids)
         return self.continuation_text(prompt, draft_ids).rstrip()

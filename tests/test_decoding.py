@@ -1,0 +1,209 @@
+"""Static-cache decoding: graph-safe capture under torch.compile, prompt KV reuse, fallbacks.
+
+CPU runs the same dynamo graphs as CUDA (fullgraph, so any Python side effect in the capture would fail
+to trace) with the aot_eager backend; CUDA graphs themselves need a GPU (eval/bench_decode.py).
+"""
+import numpy as np
+import pytest
+import torch
+from transformers import CompileConfig, GenerationConfig, StaticCache
+
+from alignatt.capture import HeadRef, capture_heads, new_key_index
+from alignatt.decoding import DecodeConfig, EagerDecoder, Request, StaticDecoder, make_decoder
+from alignatt.prompt import PromptConfig
+from alignatt.replay import replay
+from alignatt.static_capture import StaticQKCapture
+from alignatt.translator import Translator
+from tiny_models import SLIDING_WINDOW, build, build_gemma4_conditional, build_qwen3
+
+HEADS = [HeadRef(2, 0), HeadRef(5, 1), HeadRef(1, 3), HeadRef(4, 2)]  # full, KV-shared full, sliding, shared
+SOURCE = "We propose a new method for simultaneous speech translation with large language models."
+COMPILED = DecodeConfig(decode="compiled", compile_backend="aot_eager", compile_mode="default",
+                        max_cache_tokens=256)
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Each test compiles new model and capture objects; without a reset their graphs pile up against
+    dynamo's recompile limit (a process serving one talk holds one model)."""
+    torch._dynamo.reset()
+    yield
+
+
+def prompt_ids(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(3, 500, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+def generate_logits(model, ids, compile_: bool, cache_len: int = 64, new: int = 10) -> tuple[torch.Tensor, ...]:
+    compile_config = CompileConfig(fullgraph=True, backend="aot_eager", mode=None)
+    compile_config._compile_all_devices = compile_
+    generation = GenerationConfig(max_new_tokens=new, do_sample=False, compile_config=compile_config,
+                                  disable_compile=not compile_, output_logits=True, return_dict_in_generate=True,
+                                  pad_token_id=0, eos_token_id=[])
+    cache = StaticCache(config=model.config, max_cache_len=cache_len)
+    with torch.no_grad():
+        return model.generate(ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
+                              generation_config=generation).logits
+
+
+# --- where the new keys sit ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("positions, key_len, expected", [
+    ([0, 1, 2], 3, [0, 1, 2]),  # dynamic full layer: keys of positions 0..2
+    ([5], 64, [5]),  # static full layer (or sliding, not yet full): the buffer is indexed by position
+    ([9], 8, [7]),  # full sliding window, rolled: the new key is last
+    ([20, 21, 22], 10, [7, 8, 9]),  # full window + several new tokens: concatenated at the end
+    ([6, 7, 8, 9], 10, [6, 7, 8, 9]),  # a window filling up on this call: concatenated from position 0
+])
+def test_new_key_index(positions, key_len, expected):
+    assert new_key_index(torch.tensor(positions), key_len).tolist() == expected
+
+
+# --- capture under compile -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_static_capture_keeps_compiled_logits_bit_identical(dtype):
+    model = build_gemma4_conditional().to(dtype)
+    ids = prompt_ids(3 * SLIDING_WINDOW)  # past the window: sliding layers roll
+    plain = generate_logits(model, ids, compile_=True)
+    with StaticQKCapture(model, HEADS, 64):
+        captured = generate_logits(model, ids, compile_=True)
+    assert len(plain) == len(captured) == 10
+    assert all(torch.equal(a, b) for a, b in zip(plain, captured))
+    uncompiled = generate_logits(model, ids, compile_=False)
+    assert [int(x.argmax()) for x in uncompiled] == [int(x.argmax()) for x in plain]
+
+
+def test_static_capture_replays_like_the_eager_capture():
+    model = build("gemma4")
+    ids, n_new = prompt_ids(20), 10
+    capture = StaticQKCapture(model, HEADS, 64)
+    with capture:
+        generate_logits(model, ids, compile_=True, new=n_new)
+    static = replay(capture.sequence(19, 20 + n_new - 1), HEADS)
+    with capture_heads(model, HEADS, query_start_position=19) as eager_capture:
+        with torch.no_grad():
+            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_new, do_sample=False,
+                           pad_token_id=0, eos_token_id=[])
+    eager = replay(eager_capture, HEADS)
+    assert static.probs.shape == eager.probs.shape == (4, n_new, 20 + n_new - 1)
+    assert np.array_equal(static.row_positions, eager.row_positions)
+    assert np.abs(static.probs - eager.probs).max() < 2e-5
+
+
+def test_static_capture_ignores_other_models():
+    """The ASR also runs on "sdpa" in the same process: its calls must not land in the buffers."""
+    model, other = build("gemma4"), build_qwen3(vocab_size=512)
+    capture = StaticQKCapture(model, HEADS, 64)
+    with capture, torch.no_grad():
+        other(prompt_ids(12))
+    assert all(not b.queries.any() and not b.keys.any() for b in capture.layers.values())
+    with pytest.raises(RuntimeError, match="nothing was captured"):
+        capture.sequence(0, 4)
+
+
+def test_static_capture_is_removed_on_exit():
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    model = build("gemma4")
+    stock = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    with StaticQKCapture(model, HEADS, 64):
+        assert ALL_ATTENTION_FUNCTIONS["sdpa"] is not stock
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is stock
+
+
+# --- decoders through the translator --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def gemma_model(gemma_tok):
+    return build_gemma4_conditional(vocab_size=len(gemma_tok))
+
+
+def same_decision(a, b) -> bool:
+    """Same accepted tokens and per-token head alignments (masses may differ in the last float bits)."""
+    return (a.gate.n_accepted_tokens == b.gate.n_accepted_tokens and a.new_text == b.new_text
+            and [v.head_units for v in a.gate.verdicts] == [v.head_units for v in b.gate.verdicts])
+
+
+def translator_with(model, tok, decode_config, **prompt):
+    return Translator(model, tok, HEADS, PromptConfig(target_lang="de", **prompt), decode_config=decode_config)
+
+
+@pytest.mark.parametrize("decode_config", [DecodeConfig(decode="static", max_cache_tokens=256), COMPILED],
+                         ids=["static", "compiled"])
+def test_static_paths_draft_like_the_eager_path(gemma_model, gemma_tok, decode_config):
+    eager = translator_with(gemma_model, gemma_tok, DecodeConfig(decode="eager"))
+    static = translator_with(gemma_model, gemma_tok, decode_config)
+    assert isinstance(static.decoder, StaticDecoder) and isinstance(eager.decoder, EagerDecoder)
+    for n_heard, prefix in ((3, ""), (5, "Wir"), (9, "Wir schlagen")):
+        a, b = eager.draft(SOURCE, n_heard, prefix), static.draft(SOURCE, n_heard, prefix)
+        assert a.draft_ids == b.draft_ids
+        assert same_decision(a, b)
+        assert np.abs(a.attention.source - b.attention.source).max() < 2e-5
+    assert eager.finish(SOURCE, "Wir") == static.finish(SOURCE, "Wir")
+
+
+def test_prompt_kv_is_reused_while_the_prefix_holds(gemma_model, gemma_tok):
+    history = [("Good morning everyone.", "Guten Morgen allerseits.")]
+    reusing = translator_with(gemma_model, gemma_tok, DecodeConfig(decode="static", max_cache_tokens=256))
+    fresh = translator_with(gemma_model, gemma_tok, DecodeConfig(decode="static", max_cache_tokens=256,
+                                                                 reuse_prompt_kv=False))
+    words = SOURCE.split()
+    reused = []
+    later = ("Thanks.", "Danke.")
+    for n_words, new_history in ((4, history), (6, history), (9, history), (9, history + [later]), (9, [later])):
+        source = " ".join(words[:n_words])
+        prompt = reusing.prompts.render(source, "", n_words, new_history)
+        generated = reusing._generate(prompt, 8, capture=True)
+        reused.append(generated.reused_tokens)
+        expected = fresh._generate(prompt, 8, capture=True)
+        assert expected.reused_tokens == 0
+        assert generated.token_ids == expected.token_ids
+        a, b = replay(generated.captured, HEADS), replay(expected.captured, HEADS)
+        assert np.array_equal(a.row_positions, b.row_positions)
+        assert np.abs(a.probs - b.probs).max() < 2e-5
+    stable = reusing.prompts.render(" ".join(words[:4]), "", 4, history).stable_prefix_len
+    assert stable > 2 * SLIDING_WINDOW  # the snapshot must rewind rolled sliding layers
+    # A sentence added to the history extends the snapshot; dropping the oldest one invalidates it.
+    assert reused == [0, stable, stable, stable, 0]
+
+
+def test_a_prompt_longer_than_the_static_cache_falls_back_to_eager(gemma_model, gemma_tok, caplog):
+    eager = translator_with(gemma_model, gemma_tok, DecodeConfig(decode="eager"))
+    small = translator_with(gemma_model, gemma_tok, DecodeConfig(decode="static", max_cache_tokens=40))
+    a, b = eager.draft(SOURCE, 5, "Wir"), small.draft(SOURCE, 5, "Wir")
+    assert a.draft_ids == b.draft_ids and same_decision(a, b)
+    assert "exceeds the static cache (40)" in caplog.text
+
+
+def test_decode_config():
+    with pytest.raises(ValueError, match="decode must be one of"):
+        DecodeConfig(decode="fast")
+    with pytest.raises(ValueError, match="max_cache_tokens must be at least 32"):
+        DecodeConfig(max_cache_tokens=0)
+    assert DecodeConfig().resolved(torch.device("cpu")) == "eager"
+    assert DecodeConfig().resolved(torch.device("cuda")) == "compiled"
+    assert isinstance(make_decoder(build("gemma4"), HEADS, DecodeConfig()), EagerDecoder)
+
+
+def test_static_decoder_without_capture_request_returns_no_rows(gemma_model):
+    decoder = StaticDecoder(gemma_model, HEADS, DecodeConfig(decode="static", max_cache_tokens=64), compile=False)
+    generation = GenerationConfig(max_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=[])
+    result = decoder.generate(Request(input_ids=prompt_ids(12)[0].tolist(), generation=generation, stable_len=6))
+    assert result.captured is None and len(result.token_ids) == 4
+
+
+def test_warm_up_compiles_every_graph_a_talk_meets(gemma_tok):
+    """Sliding layers compile one graph while the window fills and one once it rolls: both at warm-up."""
+    from torch._dynamo.utils import counters
+
+    model = build_gemma4_conditional(vocab_size=len(gemma_tok), sliding_window=80)
+    translator = translator_with(model, gemma_tok, COMPILED)
+    translator.warm_up()
+    compiled = counters["stats"]["unique_graphs"]
+    lengths = []
+    for source in (SOURCE, SOURCE + " " + SOURCE, " ".join([SOURCE] * 3)):  # prompts of ~60, ~75, ~100 tokens
+        result = translator.draft(source, 6, "")
+        lengths.append(result.prompt.n_tokens + len(result.draft_ids))
+    assert min(lengths) < 80 < max(lengths)
+    assert counters["stats"]["unique_graphs"] == compiled
