@@ -8,7 +8,7 @@ import numpy as np
 import soundfile
 
 from alignatt.heads import HeadsFile, HeadScore
-from offline_tokenizers import gemma_tokenizer
+from eval.offline_tokenizers import gemma_tokenizer
 from tiny_asr import build_tiny_asr
 from tiny_models import build_gemma4_conditional
 

@@ -1,6 +1,6 @@
 import pytest
 
-from offline_tokenizers import gemma_tokenizer, qwen_tokenizer
+from eval.offline_tokenizers import gemma_tokenizer, qwen_tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from alignatt.prompt import PromptBuilder, PromptConfig, map_source_tokens, read_few_shot
-from offline_tokenizers import gemma_tokenizer
+from eval.offline_tokenizers import gemma_tokenizer
 
 TOKENIZERS = ["gemma_tok", "qwen_tok"]
 

@@ -8,7 +8,7 @@ from alignatt.heads import HeadsFile, HeadScore, HeadsFileError
 from alignatt.policy import PolicyConfig, complete_units_text
 from alignatt.prompt import PromptConfig
 from alignatt.translator import Translator, TranslatorConfig
-from offline_tokenizers import gemma_tokenizer
+from eval.offline_tokenizers import gemma_tokenizer
 from tiny_models import build_gemma4_conditional, build_qwen3
 
 HEADS = [HeadRef(2, 0), HeadRef(5, 1), HeadRef(1, 3), HeadRef(4, 2)]  # full, KV-shared full, sliding, shared
