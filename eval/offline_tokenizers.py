@@ -17,7 +17,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-CACHE_DIR = Path(os.environ.get("ALIGNATT_TEST_CACHE", Path.home() / ".cache" / "alignatt-tests"))
+CACHE_DIR = Path(os.environ.get("ALIGNATT_OFFLINE_TOKENIZERS", Path.home() / ".cache" / "alignatt-tests"))
 GEMMA_DIR, QWEN_DIR, QWEN3_ASR_PROCESSOR_DIR = "gemma3-270m-tokenizer", "qwen-bpe-tokenizer", "qwen3-asr-processor"
 
 GEMMA_STYLE_TEMPLATE = (
@@ -111,7 +111,7 @@ def qwen3_asr_processor():
 
 
 def save_all(out: Path) -> None:
-    """Copy the three cached assets under `out` (point ALIGNATT_TEST_CACHE at it to use them)."""
+    """Copy the three cached assets under `out` (point ALIGNATT_OFFLINE_TOKENIZERS at it to use them)."""
     import shutil
 
     gemma_tokenizer(), qwen_tokenizer(), qwen3_asr_processor()
