@@ -118,7 +118,8 @@ def replay_vs_teacher_forced(model, capture: StaticQKCapture, heads, prompt: tor
     compiled = replay(capture.sequence(prompt_len - 1, prompt_len + len(tokens) - 1), heads)
     fed = torch.cat([prompt[0], torch.tensor(tokens[:-1], device=prompt.device)]).unsqueeze(0)
     with capture_heads(model, heads, query_start_position=prompt_len - 1) as eager, torch.no_grad():
-        model(input_ids=fed, logits_to_keep=1)
+        # Keep the draft rows: Gemma-4's KV-shared layers then compute exactly those rows, like every other layer.
+        model(input_ids=fed, logits_to_keep=len(tokens))
     return float(abs(compiled.probs - replay(eager, heads).probs).max())
 
 
