@@ -36,6 +36,9 @@ class AsrBackend(abc.ABC):
         [offset_s, offset_s + len(audio) / 16000].
         """
 
+    def warm_up(self) -> None:
+        """Do the one-off work of the first call (compilation) before the talk starts."""
+
 
 def check_audio(audio: np.ndarray) -> np.ndarray:
     """Reject what a backend must never be given (wrong rank or dtype) instead of transcribing garbage."""

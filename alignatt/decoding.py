@@ -29,6 +29,21 @@ logger = logging.getLogger(__name__)
 DECODE_MODES = ("auto", "eager", "static", "compiled")
 
 
+def generation_with_compile(generation: GenerationConfig, compile: bool, backend: str, mode: str
+                            ) -> GenerationConfig:
+    """A copy of `generation` whose decode step generate() compiles (fullgraph, so that a graph break is an
+    error rather than a silent slowdown), or never compiles."""
+    generation = copy.deepcopy(generation)
+    if compile:
+        compile_config = CompileConfig(fullgraph=True, backend=backend, mode=mode)
+        # generate() compiles only on accelerators unless told otherwise; the user asked for it here.
+        compile_config._compile_all_devices = True
+        generation.compile_config = compile_config
+    else:
+        generation.disable_compile = True
+    return generation
+
+
 @dataclass(frozen=True)
 class DecodeConfig:
     decode: str = field(default="auto", metadata={
@@ -180,16 +195,7 @@ class StaticDecoder:
         self._warned_long = False
 
     def _generation_config(self, generation: GenerationConfig) -> GenerationConfig:
-        generation = copy.deepcopy(generation)
-        if self.compile:
-            compile_config = CompileConfig(fullgraph=True, backend=self.config.compile_backend,
-                                           mode=self.config.compile_mode)
-            # generate() compiles only on accelerators unless told otherwise; the user asked for it here.
-            compile_config._compile_all_devices = True
-            generation.compile_config = compile_config
-        else:
-            generation.disable_compile = True
-        return generation
+        return generation_with_compile(generation, self.compile, self.config.compile_backend, self.config.compile_mode)
 
     def fits(self, request: Request) -> bool:
         return len(request.input_ids) + request.generation.max_new_tokens <= self.config.max_cache_tokens

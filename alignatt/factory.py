@@ -90,6 +90,8 @@ def build_cascade(args) -> Cascade:
                                             read_few_shot(getattr(args, "few_shot_file", None)),
                                             dataclass_from_args(DecodeConfig, args, prefix="mt-"))
     translator.warm_up()
-    return Cascade(load_backend(backend_name, backend_options), translator, cascade_options(args),
+    backend = load_backend(backend_name, backend_options)
+    backend.warm_up()
+    return Cascade(backend, translator, cascade_options(args),
                    dataclass_from_args(TranscriberOptions, args),
                    dataclass_from_args(SourceOptions, args, prefix="source-"), policy)

@@ -54,7 +54,7 @@ def words(n: int) -> str:
     return " ".join(WORDS[i % len(WORDS)] for i in range(n))
 
 
-def build_asr(tiny: bool, device: torch.device, dtype: torch.dtype) -> Qwen3AsrBackend:
+def build_asr(tiny: bool, device: torch.device, dtype: torch.dtype, args) -> Qwen3AsrBackend:
     processor = qwen3_asr_processor()
     with torch.device(device):
         asr = Qwen3ASRForConditionalGeneration._from_config(qwen3_asr_1_7b_config(processor.tokenizer, tiny),
@@ -63,7 +63,13 @@ def build_asr(tiny: bool, device: torch.device, dtype: torch.dtype) -> Qwen3AsrB
             qwen3_forced_aligner_config(processor.tokenizer, tiny), dtype=dtype)
     # Random weights favour special tokens (decoded to nothing): suppress them so words come out.
     asr.generation_config.suppress_tokens = processor.tokenizer.convert_tokens_to_ids(ASR_SPECIAL_TOKENS)
-    return Qwen3AsrBackend(asr, processor, aligner, processor, Qwen3AsrOptions(device=str(device)))
+    options = Qwen3AsrOptions(device=str(device), decode=args.asr_decode, compile_backend=args.backend,
+                              compile_mode=args.mode)
+    backend = Qwen3AsrBackend(asr, processor, aligner, processor, options)
+    started = time.perf_counter()
+    backend.warm_up()
+    logger.info("ASR warm-up %.1f s", time.perf_counter() - started)
+    return backend
 
 
 def build_translator(tiny: bool, device: torch.device, dtype: torch.dtype, args) -> Translator:
@@ -82,14 +88,13 @@ def build_translator(tiny: bool, device: torch.device, dtype: torch.dtype, args)
 def step_times(asr: Qwen3AsrBackend, translator: Translator, open_s: float, args, device) -> dict[str, float]:
     n_words = max(1, round(open_s * args.words_per_s))
     n_tokens = max(1, round(n_words * args.tokens_per_word))
-    asr.asr_model.generation_config.min_new_tokens = n_tokens
     asr.options = replace(asr.options, max_new_tokens=n_tokens)
     rng = np.random.default_rng(0)
     audio = (0.05 * rng.standard_normal(int(open_s * SAMPLE_RATE_HZ))).astype(np.float32)
     source = words(n_words)
     heard = max(1, n_words - 2)
     prefix = words(max(0, n_words // 2 - 1))  # about half the sentence already written (German-ish length)
-    asr_ms, _ = timed_ms(device, asr.recognize, audio)
+    asr_ms, _ = timed_ms(device, asr.recognize, audio, n_tokens)
     aligner_ms, timed_words = timed_ms(device, asr.align, audio, source, 0.0)
     draft_ms, result = timed_ms(device, translator.draft, source, heard, prefix, HISTORY)
     if len(timed_words) != n_words:
@@ -102,7 +107,7 @@ def run(args) -> dict:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     torch.manual_seed(args.seed)
-    asr = build_asr(args.tiny, device, dtype)
+    asr = build_asr(args.tiny, device, dtype, args)
     translator = build_translator(args.tiny, device, dtype, args)
     for open_s in args.open_s:  # warm every length once (CUDA kernels, allocator)
         step_times(asr, translator, open_s, args, device)
@@ -118,13 +123,15 @@ def run(args) -> dict:
         "models": "random-init Qwen3-ASR-1.7B + Qwen3-ForcedAligner-0.6B + Gemma-4 E4B" + (
             " (tiny)" if args.tiny else ""),
         "dtype": str(dtype), "torch": torch.__version__, "decode": translator.decoder.__class__.__name__,
+        "asr_compiled": asr._static_cache is not None,
         "compile": {"backend": args.backend, "mode": args.mode}, "words_per_s": args.words_per_s,
         "tokens_per_word": args.tokens_per_word, "repeats": args.repeats, "rows": rows,
     }
 
 
 def format_report(report: dict) -> str:
-    lines = [f"{report['models']} on {report['device']}, {report['dtype']}, decoder {report['decode']}",
+    lines = [f"{report['models']} on {report['device']}, {report['dtype']}, translator {report['decode']}, "
+             f"ASR {'compiled' if report['asr_compiled'] else 'eager'}",
              f"{'open s':>7}{'asr ms':>9}{'align ms':>10}{'draft ms':>10}{'step ms':>9}"
              + "".join(f"{'RTF@' + str(c):>10}" for c in CHUNKS_MS) + f"{'prompt':>8}{'draft':>7}"]
     for row in report["rows"]:
@@ -141,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="open-sentence lengths to time (default 2 5 10 20; tiny: 2 5)")
     parser.add_argument("--words-per-s", type=float, default=2.5, help="speech rate (TED talks: about 2.5)")
     parser.add_argument("--tokens-per-word", type=float, default=1.3, help="ASR tokens per English word")
-    parser.add_argument("--decode", default="auto", help="translator decoding path (alignatt.decoding)")
+    parser.add_argument("--decode", default="auto", help="translator decoding: auto, eager, static, compiled")
+    parser.add_argument("--asr-decode", default="auto", help="ASR decoding: auto, eager, compiled")
     return parser
 
 

@@ -135,3 +135,40 @@ def test_attach_times_maps_aligner_words_back_onto_tokens():
     assert timed == [("\"Don't", 0.0, 0.2), ("stop,", 0.3, 0.5), ("—", 0.5, 0.5), ("你好。", 0.6, 0.8)]
     # A count mismatch falls back to the aligner's own words rather than misplacing times.
     assert attach_times(["a", "b"], [1, 1], aligned[:1]) == [("don't", 0.0, 0.2)]
+
+
+# --- compiled decoding (static cache + torch.compile; aot_eager traces the same graph on CPU) ------------
+
+COMPILED = dict(decode="compiled", compile_backend="aot_eager", compile_mode="default", max_new_tokens=8)
+
+
+def test_compiled_decoding_transcribes_like_eager(parts, backend):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    asr, aligner, processor = parts
+    compiled = Qwen3AsrBackend(asr, processor, aligner, processor, Qwen3AsrOptions(**COMPILED))
+    compiled.warm_up()
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0  # the decode step was compiled at warm-up
+    for seconds, seed in ((3.0, 0), (1.5, 4), (4.0, 5)):  # other lengths: no new graph after warm-up
+        audio = noise(seconds, seed)
+        assert compiled.recognize(audio) == backend.recognize(audio)
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert compiled.transcribe(noise(3.0), 2.0) == backend.transcribe(noise(3.0), 2.0)
+
+
+def test_compiled_decoding_falls_back_to_eager_past_the_cache(parts, backend, caplog):
+    torch._dynamo.reset()
+    asr, aligner, processor = parts
+    small = Qwen3AsrBackend(asr, processor, aligner, processor, Qwen3AsrOptions(**COMPILED, max_cache_tokens=40))
+    audio = noise(3.0)
+    assert small.recognize(audio) == backend.recognize(audio)
+    assert "exceeds the static cache (40)" in caplog.text
+
+
+def test_eager_backend_on_cpu_by_default(backend):
+    assert backend._static_cache is None
+    backend.warm_up()  # nothing to compile: returns at once
+    with pytest.raises(ValueError, match="decode must be one of"):
+        Qwen3AsrOptions(decode="static")
