@@ -46,3 +46,32 @@ def test_bench_arguments_are_checked(capsys):
     assert bench_decode.main(["--tiny", "--draft-tokens", "1"]) == 2
     assert bench_chunk.main(["--tiny", "--open-s", "0"]) == 2
     assert "must" in capsys.readouterr().err
+
+
+def test_full_size_configs_match_the_real_checkpoints():
+    """Sizes DESIGN.md §3 records for Gemma-4 E4B (7.46 B text parameters, 2.82 B per-layer embeddings) and
+    the published Qwen3-ASR-1.7B / ForcedAligner-0.6B shapes, built on the meta device (no memory)."""
+    from types import SimpleNamespace
+
+    from transformers import Gemma4ForConditionalGeneration, Qwen3ASRForConditionalGeneration, \
+        Qwen3ASRForTokenClassification
+
+    from eval.bench_common import default_heads
+    from eval.model_configs import gemma4_e4b_config, qwen3_asr_1_7b_config, qwen3_forced_aligner_config
+    from eval.offline_tokenizers import qwen3_asr_processor
+
+    tokenizer = qwen3_asr_processor().tokenizer
+    with torch.device("meta"):
+        e4b = Gemma4ForConditionalGeneration(gemma4_e4b_config())
+        asr = Qwen3ASRForConditionalGeneration(qwen3_asr_1_7b_config(tokenizer))
+        aligner = Qwen3ASRForTokenClassification(qwen3_forced_aligner_config(tokenizer))
+    def count(model, name_part=""):
+        return sum(p.numel() for n, p in model.named_parameters() if name_part in n)
+
+    assert round(count(e4b) / 1e9, 2) == 7.46 and round(count(e4b, "embed_tokens_per_layer") / 1e9, 2) == 2.82
+    text = e4b.config.get_text_config()
+    assert [i for i, t in enumerate(text.layer_types) if t == "full_attention"] == [5, 11, 17, 23, 29, 35, 41]
+    assert text.num_kv_shared_layers == 18 and text.sliding_window == 512
+    assert round(count(asr) / 1e9, 1) == 2.0 and round(count(aligner) / 1e9, 1) == 0.9
+    assert aligner.config.num_labels == 5000 and asr.config.text_config.num_hidden_layers == 28
+    assert len(default_heads(False, SimpleNamespace(config=e4b.config))) == 4  # the shipped heads fit

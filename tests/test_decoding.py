@@ -207,3 +207,25 @@ def test_warm_up_compiles_every_graph_a_talk_meets(gemma_tok):
         lengths.append(result.prompt.n_tokens + len(result.draft_ids))
     assert min(lengths) < 80 < max(lengths)
     assert counters["stats"]["unique_graphs"] == compiled
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "qwen3", "gemma4-plain"])
+def test_static_path_on_other_architectures(kind, gemma_tok, qwen_tok):
+    """Caches without sliding layers (Qwen3), Gemma-3's hybrid cache, and plain few-shot prompts with their
+    line-end stop (generate's stop strings run outside the compiled step)."""
+    prompt = {}
+    if kind == "qwen3":
+        model, tok, heads = build_qwen3(len(qwen_tok)), qwen_tok, [HeadRef(0, 1), HeadRef(2, 3)]
+    elif kind == "gemma3":
+        model, tok, heads = build("gemma3", vocab_size=len(gemma_tok)), gemma_tok, [HeadRef(1, 0), HeadRef(2, 3)]
+    else:
+        from eval.offline_tokenizers import gemma_tokenizer
+
+        model, tok, heads = build("gemma4", vocab_size=len(gemma_tok)), gemma_tokenizer(chat=False), HEADS
+        prompt = {"style": "plain"}
+    translators = [Translator(model, tok, heads, PromptConfig(target_lang="it", **prompt), decode_config=config)
+                   for config in (DecodeConfig(decode="eager"), DecodeConfig(decode="static", max_cache_tokens=512))]
+    for n_heard in (4, 7, 10):
+        eager, static = (t.draft(SOURCE, n_heard, "Proponiamo") for t in translators)
+        assert eager.draft_ids == static.draft_ids and same_decision(eager, static)
+    assert translators[0].finish(SOURCE) == translators[1].finish(SOURCE)
