@@ -24,7 +24,7 @@ from transformers import GenerationConfig, StaticCache
 
 from alignatt.asr import AsrBackend, Word, check_audio, make_monotonic, to_absolute, window_duration_s
 from alignatt.audio import SAMPLE_RATE_HZ
-from alignatt.decoding import generation_with_compile
+from alignatt.decoding import COMPILE_ERRORS, generation_with_compile
 from alignatt.devices import DTYPES, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,15 @@ class Qwen3AsrBackend(AsrBackend):
         generation.update(max_new_tokens=self.options.max_new_tokens, min_new_tokens=min_new_tokens or None,
                           do_sample=False)
         with torch.inference_mode():  # also around the cache reset: its buffers are inference tensors
-            output_ids = self.asr_model.generate(**inputs, **self._decode_kwargs(inputs, generation))
+            try:
+                output_ids = self.asr_model.generate(**inputs, **self._decode_kwargs(inputs, generation))
+            except COMPILE_ERRORS as err:
+                if self._static_cache is None:
+                    raise
+                # A talk must not die of a compiler error: decode eagerly (slower) from here on.
+                logger.error("compiled ASR decoding failed, decoding eagerly from now on: %s", err)
+                self._static_cache = None
+                output_ids = self.asr_model.generate(**inputs, **self._decode_kwargs(inputs, generation))
         generated = output_ids[:, inputs["input_ids"].shape[1]:]  # (1, new_tokens)
         return self.asr_processor.decode(generated, return_format="transcription_only")[0]
 

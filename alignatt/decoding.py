@@ -27,6 +27,9 @@ from alignatt.static_capture import StaticQKCapture
 logger = logging.getLogger(__name__)
 
 DECODE_MODES = ("auto", "eager", "static", "compiled")
+# What a failed compilation raises (inductor/triton errors arrive wrapped as BackendCompilerFailed; a
+# fullgraph recompile past dynamo's limit as FailOnRecompileLimitHit).
+COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit)
 
 
 def generation_with_compile(generation: GenerationConfig, compile: bool, backend: str, mode: str
@@ -192,6 +195,7 @@ class StaticDecoder:
         self.capture = StaticQKCapture(model, heads, config.max_cache_tokens)
         self.prompt_kv = PromptKV(model, config.max_cache_tokens)
         self.fallback = EagerDecoder(model, heads)
+        self.compile_failed = False
         self._warned_long = False
 
     def _generation_config(self, generation: GenerationConfig) -> GenerationConfig:
@@ -201,6 +205,8 @@ class StaticDecoder:
         return len(request.input_ids) + request.generation.max_new_tokens <= self.config.max_cache_tokens
 
     def generate(self, request: Request) -> Generated:
+        if self.compile_failed:
+            return self.fallback.generate(request)
         if not self.fits(request):
             if not self._warned_long:
                 logger.warning("prompt of %d tokens + %d new exceeds the static cache (%d): using the eager path",
@@ -208,6 +214,17 @@ class StaticDecoder:
                                self.config.max_cache_tokens)
                 self._warned_long = True
             return self.fallback.generate(request)
+        try:
+            return self._generate_static(request)
+        except COMPILE_ERRORS as err:
+            if not self.compile:
+                raise
+            # A talk must not die of a compiler error: decode eagerly (same outputs, slower) from here on.
+            logger.error("compiled decoding failed, decoding eagerly from now on: %s", err)
+            self.compile_failed = True
+            return self.fallback.generate(request)
+
+    def _generate_static(self, request: Request) -> Generated:
         input_ids = torch.tensor([list(request.input_ids)], device=self.model.device)
         stable_len = request.stable_len if self.config.reuse_prompt_kv else 0
         with self.capture:
@@ -237,8 +254,9 @@ class StaticDecoder:
         generation.stop_strings = None
         started = time.perf_counter()
         self.generate(Request(input_ids=ids, generation=generation, capture_from=length - 1))
-        logger.info("decode graphs compiled in %.1f s (warm-up prompt of %d tokens)",
-                    time.perf_counter() - started, length)
+        if not self.compile_failed:
+            logger.info("decode graphs compiled in %.1f s (warm-up prompt of %d tokens)",
+                        time.perf_counter() - started, length)
 
 
 def make_decoder(model, heads: Sequence[HeadRef], config: DecodeConfig) -> Decoder:

@@ -172,3 +172,13 @@ def test_eager_backend_on_cpu_by_default(backend):
     backend.warm_up()  # nothing to compile: returns at once
     with pytest.raises(ValueError, match="decode must be one of"):
         Qwen3AsrOptions(decode="static")
+
+
+def test_a_compiler_failure_falls_back_to_eager(parts, backend, failing_compile_backend, caplog):
+    torch._dynamo.reset()
+    asr, aligner, processor = parts
+    broken = Qwen3AsrBackend(asr, processor, aligner, processor,
+                             Qwen3AsrOptions(**{**COMPILED, "compile_backend": failing_compile_backend}))
+    audio = noise(2.5)
+    assert broken.recognize(audio) == backend.recognize(audio)
+    assert broken._static_cache is None and "compiled ASR decoding failed" in caplog.text

@@ -229,3 +229,13 @@ def test_static_path_on_other_architectures(kind, gemma_tok, qwen_tok):
         eager, static = (t.draft(SOURCE, n_heard, "Proponiamo") for t in translators)
         assert eager.draft_ids == static.draft_ids and same_decision(eager, static)
     assert translators[0].finish(SOURCE) == translators[1].finish(SOURCE)
+
+
+def test_a_compiler_failure_falls_back_to_eager(gemma_model, gemma_tok, failing_compile_backend, caplog):
+    eager = translator_with(gemma_model, gemma_tok, DecodeConfig(decode="eager"))
+    broken = translator_with(gemma_model, gemma_tok, DecodeConfig(
+        decode="compiled", compile_backend=failing_compile_backend, max_cache_tokens=256))
+    broken.warm_up()
+    assert broken.decoder.compile_failed and "compiled decoding failed" in caplog.text
+    a, b = eager.draft(SOURCE, 5, "Wir"), broken.draft(SOURCE, 5, "Wir")
+    assert a.draft_ids == b.draft_ids and same_decision(a, b)
