@@ -2,13 +2,14 @@
 
   eager     DynamicCache, eager q/k capture (`QKCapture`). Any device.
   static    StaticCache, graph-safe capture into static buffers (`StaticQKCapture`), and reuse of the
-            prompt's KV for a stable prefix (instruction, few-shot, history) between consecutive calls.
+            KV of the longest prefix a call shares with the previous one (instruction, history, unchanged
+            source words).
   compiled  static + generate's torch.compile of the decode step (CUDA graphs with mode reduce-overhead).
   auto      compiled on CUDA, eager elsewhere.
 
 Capture never changes the model's outputs: on a given path, logits with and without capture are
 bit-identical. The static paths differ from eager in rounding only (attention over a padded cache, a
-prefix prefilled in a separate call), which can flip a near-tied greedy token of a random-init net.
+prefix computed by an earlier call), which can flip a near-tied greedy token of a random-init net.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Protocol, Sequence
 
 import torch
 from transformers import CompileConfig, GenerationConfig, StaticCache
+from transformers.cache_utils import StaticLayer
 
 from alignatt.capture import HeadRef, capture_heads
 from alignatt.static_capture import StaticQKCapture
@@ -55,7 +57,7 @@ class DecodeConfig:
     max_cache_tokens: int = field(default=2048, metadata={
         "help": "static cache length; a longer prompt + draft falls back to the eager path"})
     reuse_prompt_kv: bool = field(default=True, metadata={
-        "help": "keep the KV of the prompt before the live source between calls (static paths)"})
+        "help": "start each call after the longest prefix it shares with the previous one (static paths)"})
     compile_backend: str = field(default="inductor", metadata={"help": "torch.compile backend"})
     compile_mode: str = field(default="reduce-overhead", metadata={
         "help": "torch.compile mode: reduce-overhead (CUDA graphs), default, max-autotune, ..."})
@@ -74,13 +76,11 @@ class DecodeConfig:
 
 @dataclass(frozen=True)
 class Request:
-    """One greedy generation. Rows from `capture_from` on are captured (None: no capture needed);
-    the first `stable_len` tokens are expected to recur at the start of the next request."""
+    """One greedy generation. Rows from `capture_from` on are captured (None: no capture needed)."""
 
     input_ids: Sequence[int]
     generation: GenerationConfig
     capture_from: int | None = None
-    stable_len: int = 0
     generate_kwargs: dict = field(default_factory=dict)
 
 
@@ -121,63 +121,56 @@ class EagerDecoder:
         """Nothing to compile."""
 
 
-class PromptKV:
-    """A StaticCache and a snapshot of its state after a stable prompt prefix, so that the next prompt
-    with the same prefix starts from the snapshot instead of prefilling it again.
+def position_indexed_cache(model, max_cache_len: int) -> StaticCache:
+    """A StaticCache whose sliding-window layers are full-length buffers indexed by position, like the
+    full layers; the window is applied by the attention mask, as on the eager path.
 
-    The snapshot is a copy of every cache layer (buffers and lengths): sliding layers keep only the last
-    window in a rolling buffer, so rewinding them needs the copy; full layers would only need the length.
+    transformers' rolling StaticSlidingWindowLayer keeps a Python int that becomes a symbolic input of the
+    compiled decode step (CUDA graphs re-record for each of its values, i.e. for each new position), has a
+    second graph once the window fills, and cannot be rewound once it has rolled. The cost is memory and
+    reads of max_cache_len keys instead of a window: for E4B at 2048 tokens, ~80 MB and ~1% of a token's
+    weight traffic.
+    """
+    cache = StaticCache(config=model.config, max_cache_len=max_cache_len)
+    for index, layer in enumerate(cache.layers):
+        if getattr(layer, "is_sliding", False):
+            cache.layers[index] = StaticLayer(max_cache_len=max_cache_len)
+    return cache
+
+
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class PromptKV:
+    """A position-indexed static cache that remembers which tokens its positions hold, so that a new
+    prompt starts after the longest prefix it shares with what was fed last (instruction, history, the
+    source words the ASR did not change, even accepted target that was drafted): rewinding is setting the
+    length, as later writes overwrite the positions after it and the causal mask hides the rest.
     """
 
     def __init__(self, model, max_cache_len: int):
-        self.model = model
-        self.cache = StaticCache(config=model.config, max_cache_len=max_cache_len)
-        self.prefix_ids: tuple[int, ...] = ()
-        self._snapshot: list[dict[str, object]] = []
+        self.cache = position_indexed_cache(model, max_cache_len)
+        self.cached_ids: tuple[int, ...] = ()  # token at each position whose K/V the cache holds
 
-    def _layer_state(self, layer) -> dict[str, object]:
-        state = {}
-        for name in ("keys", "values", "cumulative_length"):
-            value = getattr(layer, name, None)
-            if isinstance(value, torch.Tensor):
-                state[name] = value.clone()
-        if hasattr(layer, "cumulative_length_int"):
-            state["cumulative_length_int"] = layer.cumulative_length_int
-        return state
+    def rewind(self, input_ids: Sequence[int], reuse: bool) -> int:
+        """Keep the longest cached prefix of `input_ids` (at least one token is left to feed: generate needs
+        one) and return its length."""
+        keep = min(common_prefix_len(self.cached_ids, input_ids), len(input_ids) - 1) if reuse else 0
+        for layer in self.cache.layers:
+            if isinstance(layer, StaticLayer):
+                layer.cumulative_length.fill_(keep)  # in place: the compiled graph holds this address
+        self.cached_ids = self.cached_ids[:keep]
+        return keep
 
-    def _take_snapshot(self, prefix_ids: Sequence[int]) -> None:
-        self.prefix_ids = tuple(prefix_ids)
-        self._snapshot = [self._layer_state(layer) for layer in self.cache.layers]
-
-    def _restore(self) -> None:
-        for layer, state in zip(self.cache.layers, self._snapshot):
-            for name, value in state.items():
-                if isinstance(value, torch.Tensor):
-                    getattr(layer, name).copy_(value)  # in place: the compiled graph holds these addresses
-                else:
-                    setattr(layer, name, value)
-
-    def _prefill(self, token_ids: Sequence[int], start: int) -> None:
-        ids = torch.tensor([list(token_ids[start:])], device=self.model.device)
-        with torch.no_grad():
-            self.model(input_ids=ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
-
-    def prepare(self, input_ids: Sequence[int], stable_len: int) -> int:
-        """Fill the cache with the first `stable_len` tokens (from the snapshot when it matches, else by a
-        prefill that also becomes the new snapshot); returns how many tokens the snapshot supplied."""
-        stable_len = min(stable_len, len(input_ids) - 1)  # generate needs at least one new token
-        matches = 0 < len(self.prefix_ids) <= stable_len and tuple(input_ids[:len(self.prefix_ids)]) == self.prefix_ids
-        if matches:
-            self._restore()
-            start = len(self.prefix_ids)
-        else:
-            self.cache.reset()
-            self.prefix_ids, self._snapshot, start = (), [], 0
-        if start < stable_len:
-            self._prefill(input_ids[:stable_len], start)
-            self._take_snapshot(input_ids[:stable_len])
-        return start
-
+    def fed(self, token_ids: Sequence[int]) -> None:
+        """Record what the cache holds after a call that fed `token_ids` (prompt + generated, last excluded)."""
+        self.cached_ids = tuple(token_ids)
 
 
 class StaticDecoder:
@@ -185,7 +178,7 @@ class StaticDecoder:
 
     The capture is installed around every model call of this decoder, needed or not: a compiled graph
     is specialised on the attention function, and the key rows of a reused prefix must have been written
-    by the same prefill that filled the cache.
+    by the same call that filled the cache at those positions.
     """
 
     def __init__(self, model, heads: Sequence[HeadRef], config: DecodeConfig, compile: bool):
@@ -226,37 +219,30 @@ class StaticDecoder:
 
     def _generate_static(self, request: Request) -> Generated:
         input_ids = torch.tensor([list(request.input_ids)], device=self.model.device)
-        stable_len = request.stable_len if self.config.reuse_prompt_kv else 0
         with self.capture:
-            reused = self.prompt_kv.prepare(request.input_ids, stable_len)
+            reused = self.prompt_kv.rewind(request.input_ids, self.config.reuse_prompt_kv)
             tokens = _run_generate(self.model, input_ids, self._generation_config(request.generation),
                                    past_key_values=self.prompt_kv.cache, **request.generate_kwargs)
+        fed = list(request.input_ids) + tokens[:-1]  # the last generated token is never fed back
+        self.prompt_kv.fed(fed)
         captured = None
         if request.capture_from is not None:
-            n_fed = len(request.input_ids) + len(tokens) - 1  # the last generated token is never fed back
-            captured = self.capture.sequence(request.capture_from, n_fed)
+            captured = self.capture.sequence(request.capture_from, len(fed))
         return Generated(tokens, captured, reused)
 
 
     def warm_up(self, filler_ids: Sequence[int], generation: GenerationConfig) -> None:
-        """Compile, before the talk, every decode graph a talk can meet. A static sliding layer has two
-        branches (window filling up, window rolling), each its own graph: a decode that crosses the
-        window compiles both, so no 100-second compile lands mid-talk."""
+        """Compile the decode step before the talk (with position-indexed caches one graph serves every
+        prompt length), so no 100-second compile lands on the first chunk."""
         if not self.compile:
             return
-        text_config = self.model.config.get_text_config()
-        window = getattr(text_config, "sliding_window", None) or 0
-        n_new = 4
-        length = window - n_new // 2 if 0 < window < self.config.max_cache_tokens - n_new else 16
-        ids = (list(filler_ids) * (length // max(len(filler_ids), 1) + 1))[:length]
         generation = copy.deepcopy(generation)
-        generation.max_new_tokens = generation.min_new_tokens = n_new
+        generation.max_new_tokens = generation.min_new_tokens = 4  # several decode steps, whatever the model says
         generation.stop_strings = None
         started = time.perf_counter()
-        self.generate(Request(input_ids=ids, generation=generation, capture_from=length - 1))
+        self.generate(Request(input_ids=list(filler_ids), generation=generation, capture_from=len(filler_ids) - 1))
         if not self.compile_failed:
-            logger.info("decode graphs compiled in %.1f s (warm-up prompt of %d tokens)",
-                        time.perf_counter() - started, length)
+            logger.info("decode step compiled in %.1f s", time.perf_counter() - started)
 
 
 def make_decoder(model, heads: Sequence[HeadRef], config: DecodeConfig) -> Decoder:

@@ -89,8 +89,9 @@ def build_cascade(args) -> Cascade:
                                             dataclass_from_args(PolicyConfig, args),
                                             read_few_shot(getattr(args, "few_shot_file", None)),
                                             dataclass_from_args(DecodeConfig, args, prefix="mt-"))
-    translator.warm_up()
     backend = load_backend(backend_name, backend_options)
+    # Warm up only once every model exists: constructing a model of a new class invalidates compiled graphs.
+    translator.warm_up()
     backend.warm_up()
     return Cascade(backend, translator, cascade_options(args),
                    dataclass_from_args(TranscriberOptions, args),

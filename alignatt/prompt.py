@@ -104,16 +104,6 @@ class RenderedPrompt:
     def n_tokens(self) -> int:
         return len(self.input_ids)
 
-    @property
-    def stable_prefix_len(self) -> int:
-        """Tokens before the source span: the part that recurs while the live source grows (instruction,
-        few-shot examples, earlier sentences), whose KV a decoder may keep between calls."""
-        source_start = self.source_char_span[0]
-        for position, (_, end) in enumerate(self.token_offsets):
-            if end > source_start:
-                return position
-        return self.n_tokens
-
     def source_accessible_mask(self) -> np.ndarray:
         """(S,) bool: the source token belongs to an accessible unit."""
         return self.source_token_units < self.n_accessible_units

@@ -89,7 +89,8 @@ class LayerBuffers:
         rows) and the new keys at theirs."""
         query_positions = positions[positions.shape[0] - query.shape[2]:]
         self.queries.index_copy_(1, query_positions, query[0].index_select(0, self.query_index))
-        new_keys = key[0].index_select(0, self.kv_index).index_select(1, new_key_index(positions, key.shape[2]))
+        # New positions first: the key tensor of a static layer spans the whole cache.
+        new_keys = key[0].index_select(1, new_key_index(positions, key.shape[2])).index_select(0, self.kv_index)
         self.keys.index_copy_(1, positions, new_keys)
 
     def read(self, query_start: int, n_positions: int) -> CapturedLayer:

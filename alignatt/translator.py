@@ -116,8 +116,7 @@ class Translator:
             kwargs = {"stop_strings": ["\n"], "tokenizer": self.tokenizer}
         return self.decoder.generate(Request(
             input_ids=prompt.input_ids, generation=generation,
-            capture_from=prompt.n_tokens - 1 if capture else None,
-            stable_len=prompt.stable_prefix_len, generate_kwargs=kwargs))
+            capture_from=prompt.n_tokens - 1 if capture else None, generate_kwargs=kwargs))
 
     def continuation_text(self, prompt: RenderedPrompt, token_ids: Sequence[int]) -> str:
         """Text that `token_ids` add after the prompt (decoded with the prompt's last token as anchor, so

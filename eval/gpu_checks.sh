@@ -13,6 +13,9 @@ if [ "${1:-}" = "--prepare" ]; then
   tar czf eval/offline_assets.tgz -C eval offline_assets
   # The device image ships an older transformers (5.17 when last read): Gemma-4 and Qwen3-ASR need 5.23.
   python3 -m pip download --no-deps --dest eval/wheels "transformers==5.23.0"
+  # transformers 5.23 needs regex>=2025.10.22 and the image's version was never read: carry one for its Python 3.12.
+  python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+    --dest eval/wheels "regex==2025.11.3"
   du -sh eval/offline_assets.tgz eval/wheels
   exit 0
 fi
@@ -24,13 +27,15 @@ if ls eval/wheels/*.whl >/dev/null 2>&1; then
   python3 -m pip install --quiet --no-deps eval/wheels/*.whl
 fi
 export ALIGNATT_OFFLINE_TOKENIZERS="$PWD/eval/offline_assets" PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" 2>&1
-python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
-  > "$OUT/versions.txt" 2>&1
-# Separate time limits, so that one slow part still leaves the other's numbers.
-timeout "${DECODE_S:-300}" python3 -m eval.bench_decode ${BENCH_ARGS:-} --out "$OUT/bench_decode.json" > "$OUT/bench_decode.log" 2>&1
+# At most 8 files come back from $OUT: machine facts go into status.txt.
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/status.txt" 2>&1
+python3 -c "import regex, torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__,
+'regex', regex.__version__)" >> "$OUT/status.txt" 2>&1
+# Separate time limits, so that one slow part still leaves the other's numbers (each row is also logged as
+# soon as it is measured, so a killed run keeps what it finished).
+timeout "${DECODE_S:-330}" python3 -m eval.bench_decode ${BENCH_ARGS:-} --out "$OUT/bench_decode.json" > "$OUT/bench_decode.log" 2>&1
 echo "bench_decode exit $?" >> "$OUT/status.txt"
-timeout "${CHUNK_S:-270}" python3 -m eval.bench_chunk ${BENCH_ARGS:-} --out "$OUT/bench_chunk.json" > "$OUT/bench_chunk.log" 2>&1
+timeout "${CHUNK_S:-240}" python3 -m eval.bench_chunk ${BENCH_ARGS:-} --out "$OUT/bench_chunk.json" > "$OUT/bench_chunk.log" 2>&1
 echo "bench_chunk exit $?" >> "$OUT/status.txt"
 # Optional (FP32_S=seconds): the replay-vs-teacher-forced check in fp32, where only rounding should differ.
 if [ -n "${FP32_S:-}" ]; then
@@ -38,5 +43,5 @@ if [ -n "${FP32_S:-}" ]; then
     --out "$OUT/bench_decode_fp32.json" > "$OUT/bench_decode_fp32.log" 2>&1
   echo "bench_decode fp32 exit $?" >> "$OUT/status.txt"
 fi
-cat "$OUT/versions.txt" "$OUT/status.txt"
+cat "$OUT/status.txt"
 tail -n 14 "$OUT/bench_decode.log" "$OUT/bench_chunk.log"

@@ -2,6 +2,7 @@
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,40 @@ def test_simulstream_config_typo_is_an_error(checkpoints, tmp_path):
                            str(tmp_path / "wavs.txt"), "--metrics-log-file", str(tmp_path / "m.jsonl")],
                           capture_output=True, text=True, timeout=300, env=SIMULSTREAM_ENV)
     assert done.returncode != 0 and "unknown option(s): target_lnag" in done.stderr
+
+
+COMPILE_SCRIPT = """
+import argparse, sys
+import soundfile
+from torch._dynamo.utils import counters
+from alignatt.factory import add_arguments, build_cascade
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--wav")
+add_arguments(parser)
+args = parser.parse_args(sys.argv[1:])
+cascade = build_cascade(args)
+compiled_at_load = counters["stats"]["unique_graphs"]
+audio, rate = soundfile.read(args.wav, dtype="float32")
+units = []
+for start in range(0, len(audio), rate // 2):
+    units += cascade.push(audio[start:start + rate // 2], rate)
+units += cascade.finish()
+print("graphs", compiled_at_load, counters["stats"]["unique_graphs"], "units", len(units))
+"""
+
+
+def test_compiled_models_compile_nothing_during_the_talk(checkpoints, tmp_path):
+    """Compiled decoding (aot_eager traces the CUDA graphs' dynamo graphs on CPU) for the ASR and the translator:
+    all graphs exist once the agent is built. Run in a fresh process: transformers invalidates compiled graphs
+    when a model class is first constructed, so both models must be loaded before either warms up."""
+    wav = write_wav(tmp_path / "talk.wav", soundfile.read(SPEECH_DIR / "simuleval_test.wav")[0][: 22050 * 4], 22050)
+    compile_flags = ["--mt-decode", "compiled", "--mt-compile-backend", "aot_eager", "--mt-compile-mode", "default",
+                     "--qwen3-decode", "compiled", "--qwen3-compile-backend", "aot_eager",
+                     "--qwen3-compile-mode", "default"]
+    done = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT, "--wav", str(wav), *checkpoints.agent_flags(),
+                           *FAST, *compile_flags], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, at_load, at_end, _, n_units = done.stdout.split()
+    assert int(at_load) > 0 and int(n_units) > 0
+    assert int(at_end) == int(at_load), done.stderr[-3000:]
