@@ -14,6 +14,7 @@ prefix computed by an earlier call), which can flip a near-tied greedy token of 
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -139,12 +140,7 @@ def position_indexed_cache(model, max_cache_len: int) -> StaticCache:
 
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+    return sum(1 for _ in itertools.takewhile(lambda pair: pair[0] == pair[1], zip(a, b)))
 
 
 class PromptKV:
