@@ -24,7 +24,7 @@ from transformers import GenerationConfig, StaticCache
 
 from alignatt.asr import AsrBackend, Word, check_audio, make_monotonic, to_absolute, window_duration_s
 from alignatt.audio import SAMPLE_RATE_HZ
-from alignatt.decoding import COMPILE_ERRORS, generation_with_compile
+from alignatt.decoding import COMPILE_ERRORS, generation_with_compile, resolve_decode_mode
 from alignatt.devices import DTYPES, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class Qwen3AsrBackend(AsrBackend):
         self.aligner_model = aligner_model.eval()
         self.aligner_processor = aligner_processor
         self.options = options
-        compiled = options.decode == "compiled" or (options.decode == "auto" and asr_model.device.type == "cuda")
+        compiled = resolve_decode_mode(options.decode, asr_model.device) == "compiled"
         # The ASR decodes ~3 tokens per second of speech, one launch-bound forward each: on a GPU the compiled
         # step (CUDA graphs) is what keeps a 20 s open sentence inside a chunk.
         self._static_cache = None

@@ -169,6 +169,37 @@ def new_key_index(positions: torch.Tensor, key_len: int) -> torch.Tensor:
     return torch.where(positions[-1:] < key_len, positions, tail)
 
 
+class SdpaOverride:
+    """Puts a wrapper behind the name "sdpa" and later puts back exactly what was registered before
+    (a process-local override, or nothing over transformers' global function)."""
+
+    def __init__(self):
+        self.stock = None  # the function the wrapper must call
+        self._saved: tuple[bool, object] | None = None
+
+    @property
+    def installed(self) -> bool:
+        return self._saved is not None
+
+    def install(self, wrapper) -> None:
+        if self.installed:
+            return
+        local = ALL_ATTENTION_FUNCTIONS._local_mapping
+        self._saved = (ATTENTION_NAME in local, local.get(ATTENTION_NAME))
+        self.stock = ALL_ATTENTION_FUNCTIONS[ATTENTION_NAME]
+        ALL_ATTENTION_FUNCTIONS[ATTENTION_NAME] = wrapper
+
+    def remove(self) -> None:
+        if not self.installed:
+            return
+        had_local, previous = self._saved
+        if had_local:
+            ALL_ATTENTION_FUNCTIONS[ATTENTION_NAME] = previous
+        else:
+            del ALL_ATTENTION_FUNCTIONS[ATTENTION_NAME]
+        self._saved = None
+
+
 class QKCapture:
     """Records post-RoPE q/k of chosen heads while the context is active.
 
@@ -185,8 +216,7 @@ class QKCapture:
         check_sdpa(self._text_config)
         self.layers: dict[int, LayerCapture] = self._build_layers(heads, query_start_position)
         self._by_module = {id(self._modules[layer]): cap for layer, cap in self.layers.items()}
-        self._previous: object | None = None
-        self._had_local = False
+        self._sdpa = SdpaOverride()
 
     def _build_layers(self, heads: Sequence[HeadRef], query_start_position: int) -> dict[int, LayerCapture]:
         return {layer: LayerCapture(layer=layer, query_heads=query_heads, kv_heads=kv_heads,
@@ -207,20 +237,14 @@ class QKCapture:
             else:
                 positions = positions[0]
             cap.record(query, key, positions, kwargs.get("scaling"), kwargs.get("sliding_window"))
-        return self._stock(module, query, key, value, attention_mask, **kwargs)
+        return self._sdpa.stock(module, query, key, value, attention_mask, **kwargs)
 
     def __enter__(self) -> "QKCapture":
-        self._had_local = ATTENTION_NAME in ALL_ATTENTION_FUNCTIONS._local_mapping
-        self._previous = ALL_ATTENTION_FUNCTIONS._local_mapping.get(ATTENTION_NAME)
-        self._stock = ALL_ATTENTION_FUNCTIONS[ATTENTION_NAME]
-        ALL_ATTENTION_FUNCTIONS[ATTENTION_NAME] = self._attention
+        self._sdpa.install(self._attention)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._had_local:
-            ALL_ATTENTION_FUNCTIONS[ATTENTION_NAME] = self._previous
-        else:
-            del ALL_ATTENTION_FUNCTIONS[ATTENTION_NAME]
+        self._sdpa.remove()
 
 
 @contextmanager

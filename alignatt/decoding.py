@@ -35,6 +35,13 @@ DECODE_MODES = ("auto", "eager", "static", "compiled")
 COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit)
 
 
+def resolve_decode_mode(mode: str, device: torch.device) -> str:
+    """"auto" means compiled on CUDA (CUDA graphs pay off) and eager elsewhere."""
+    if mode == "auto":
+        return "compiled" if device.type == "cuda" else "eager"
+    return mode
+
+
 def generation_with_compile(generation: GenerationConfig, compile: bool, backend: str, mode: str
                             ) -> GenerationConfig:
     """A copy of `generation` whose decode step generate() compiles (fullgraph, so that a graph break is an
@@ -70,9 +77,7 @@ class DecodeConfig:
             raise ValueError(f"max_cache_tokens must be at least 32, got {self.max_cache_tokens}")
 
     def resolved(self, device: torch.device) -> str:
-        if self.decode == "auto":
-            return "compiled" if device.type == "cuda" else "eager"
-        return self.decode
+        return resolve_decode_mode(self.decode, device)
 
 
 @dataclass(frozen=True)
@@ -225,7 +230,6 @@ class StaticDecoder:
         if request.capture_from is not None:
             captured = self.capture.sequence(request.capture_from, len(fed))
         return Generated(tokens, captured, reused)
-
 
     def warm_up(self, filler_ids: Sequence[int], generation: GenerationConfig) -> None:
         """Compile the decode step before the talk (with position-indexed caches one graph serves every

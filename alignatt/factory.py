@@ -30,9 +30,9 @@ def _option_groups():
     from alignatt.asr_qwen3 import Qwen3AsrOptions
     from alignatt.asr_whisper import WhisperOptions
 
-    return [(TranslatorConfig, "mt-"), (DecodeConfig, "mt-"), (PromptConfig, ""), (PolicyConfig, ""), (PolicySelection, ""),
-            (CascadeOptions, ""), (TranscriberOptions, ""), (SourceOptions, "source-"), (Qwen3AsrOptions, "qwen3-"),
-            (WhisperOptions, "whisper-")]
+    return [(TranslatorConfig, "mt-"), (DecodeConfig, "mt-"), (PromptConfig, ""), (PolicyConfig, ""),
+            (PolicySelection, ""), (CascadeOptions, ""), (TranscriberOptions, ""), (SourceOptions, "source-"),
+            (Qwen3AsrOptions, "qwen3-"), (WhisperOptions, "whisper-")]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

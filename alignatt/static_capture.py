@@ -19,10 +19,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-from alignatt.capture import (ATTENTION_NAME, HeadRef, check_sdpa, group_heads, new_key_index,
-                              text_attention_modules)
+from alignatt.capture import HeadRef, SdpaOverride, check_sdpa, group_heads, new_key_index, text_attention_modules
 
 
 @dataclass(frozen=True)
@@ -104,7 +101,7 @@ class LayerBuffers:
 
 
 class StaticQKCapture:
-    """Install around the model calls of one engine (`install`/`remove`, or as a context manager).
+    """Install around the model calls of one engine (a context manager, entered once per call).
     Batch size 1.
 
     `max_positions` must cover every position fed; the owner checks this before each call because an
@@ -125,7 +122,7 @@ class StaticQKCapture:
             for layer, (query_heads, kv_heads) in group_heads(modules, text_config, heads).items()}
         # One bound-method object: a compiled graph guards on the identity of the registered function.
         self._wrapper = self._attention
-        self._installed = False
+        self._sdpa = SdpaOverride()
 
     def _attention(self, module, query, key, value, attention_mask, **kwargs):
         # Identity, not layer index: other models in the process (the ASR) also call "sdpa".
@@ -136,32 +133,14 @@ class StaticQKCapture:
                     buffers.scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
                     buffers.sliding_window = kwargs.get("sliding_window")
                 buffers.write(query, key, positions)
-        return self._stock(module, query, key, value, attention_mask, **kwargs)
-
-    def install(self) -> None:
-        if self._installed:
-            return
-        self._had_local = ATTENTION_NAME in ALL_ATTENTION_FUNCTIONS._local_mapping
-        self._previous = ALL_ATTENTION_FUNCTIONS._local_mapping.get(ATTENTION_NAME)
-        self._stock = ALL_ATTENTION_FUNCTIONS[ATTENTION_NAME]
-        ALL_ATTENTION_FUNCTIONS[ATTENTION_NAME] = self._wrapper
-        self._installed = True
-
-    def remove(self) -> None:
-        if not self._installed:
-            return
-        if self._had_local:
-            ALL_ATTENTION_FUNCTIONS[ATTENTION_NAME] = self._previous
-        else:
-            del ALL_ATTENTION_FUNCTIONS[ATTENTION_NAME]
-        self._installed = False
+        return self._sdpa.stock(module, query, key, value, attention_mask, **kwargs)
 
     def __enter__(self) -> "StaticQKCapture":
-        self.install()
+        self._sdpa.install(self._wrapper)
         return self
 
     def __exit__(self, *exc) -> None:
-        self.remove()
+        self._sdpa.remove()
 
     def sequence(self, query_start: int, n_positions: int) -> CapturedSequence:
         """Rows query_start..n_positions-1 and keys 0..n_positions-1, copied out of the buffers."""

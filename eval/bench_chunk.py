@@ -26,7 +26,8 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-from transformers import Gemma4ForConditionalGeneration, Qwen3ASRForConditionalGeneration, Qwen3ASRForTokenClassification
+from transformers import (Gemma4ForConditionalGeneration, Qwen3ASRForConditionalGeneration,
+                          Qwen3ASRForTokenClassification)
 
 from alignatt.asr_qwen3 import Qwen3AsrBackend, Qwen3AsrOptions
 from alignatt.audio import SAMPLE_RATE_HZ

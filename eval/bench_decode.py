@@ -26,10 +26,11 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
-from transformers import CompileConfig, GenerationConfig, Gemma4ForConditionalGeneration
+from transformers import GenerationConfig, Gemma4ForConditionalGeneration
 
 from alignatt.capture import capture_heads
-from alignatt.decoding import DecodeConfig, Request, StaticDecoder, position_indexed_cache
+from alignatt.decoding import (DecodeConfig, Request, StaticDecoder, generation_with_compile,
+                               position_indexed_cache)
 from alignatt.devices import resolve_device, resolve_dtype
 from alignatt.replay import replay
 from alignatt.static_capture import StaticQKCapture
@@ -63,13 +64,7 @@ def build_model(tiny: bool, device: torch.device, dtype: torch.dtype, seed: int)
 def generation_config(n_new: int, compiled: bool, args) -> GenerationConfig:
     config = GenerationConfig(max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False, eos_token_id=[],
                               pad_token_id=0, output_logits=True, return_dict_in_generate=True)
-    if compiled:
-        compile_config = CompileConfig(fullgraph=True, backend=args.backend, mode=args.mode)
-        compile_config._compile_all_devices = True
-        config.compile_config = compile_config
-    else:
-        config.disable_compile = True
-    return config
+    return generation_with_compile(config, compiled, args.backend, args.mode)
 
 
 class Runner:

@@ -42,7 +42,8 @@ def build_gemma4_conditional(seed: int = 0, vocab_size: int = 512, sliding_windo
     from transformers import Gemma4Config, Gemma4ForConditionalGeneration
 
     torch.manual_seed(seed)
-    config = Gemma4Config(text_config=gemma4_text_config(vocab_size, sliding_window).to_dict(), vision_config=None, audio_config=None)
+    config = Gemma4Config(text_config=gemma4_text_config(vocab_size, sliding_window).to_dict(), vision_config=None,
+                          audio_config=None)
     config.get_text_config()._attn_implementation = "sdpa"
     return Gemma4ForConditionalGeneration(config).eval()
 
