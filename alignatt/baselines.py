@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
+from alignatt.guards import ends_sentence
 from alignatt.policy import complete_units_text
 from alignatt.text_units import unit_spans
 from alignatt.translator import DraftResult
@@ -112,8 +113,16 @@ class DraftPolicy(Protocol):
 
 
 def _units_of(result: DraftResult, translator: DraftReader) -> DraftUnits:
-    return draft_units(translator.continuation_text(result.prompt, result.draft_ids), result.ended,
+    return draft_units(translator.continuation_text(result.prompt, result.draft_ids), result.may_end,
                        translator.char_level)
+
+
+def writable_units(draft: DraftUnits, n_units: int, hold_sentence_end: bool) -> int:
+    """At most `n_units`, fewer when the text would then end in sentence-final punctuation (the guard of
+    `alignatt.guards`, applied here as the AlignAtt translator applies it to its own accepted text)."""
+    while hold_sentence_end and n_units > 0 and ends_sentence(draft.prefix(n_units)):
+        n_units -= 1
+    return n_units
 
 
 class AlignAttPolicy:
@@ -123,13 +132,16 @@ class AlignAttPolicy:
         return result.new_text
 
 
+@dataclass(frozen=True)
 class LocalAgreementPolicy:
     """LocalAgreement-2: write what two consecutive drafts agree on."""
+
+    hold_sentence_end: bool = True
 
     def accept(self, result, translator, n_accessible_units, state) -> str:
         draft = _units_of(result, translator)
         units = draft.units
-        n = agreed_units(state.previous_units, units)
+        n = writable_units(draft, agreed_units(state.previous_units, units), self.hold_sentence_end)
         state.previous_units = units[n:]  # the next draft continues after these n units
         state.n_units_written += n
         return draft.prefix(n)
@@ -140,17 +152,19 @@ class WaitKPolicy:
     """wait-k on source units, within the sentence."""
 
     k: int
+    hold_sentence_end: bool = True
 
     def accept(self, result, translator, n_accessible_units, state) -> str:
         draft = _units_of(result, translator)
         n = min(len(draft.spans), wait_k_quota(n_accessible_units, self.k, state.n_units_written))
+        n = writable_units(draft, n, self.hold_sentence_end)
         state.n_units_written += n
         return draft.prefix(n)
 
 
-def make_policy(selection: PolicySelection = PolicySelection()) -> DraftPolicy:
+def make_policy(selection: PolicySelection = PolicySelection(), hold_sentence_end: bool = True) -> DraftPolicy:
     if selection.policy == "local-agreement":
-        return LocalAgreementPolicy()
+        return LocalAgreementPolicy(hold_sentence_end)
     if selection.policy == "wait-k":
-        return WaitKPolicy(selection.wait_k)
+        return WaitKPolicy(selection.wait_k, hold_sentence_end)
     return AlignAttPolicy()

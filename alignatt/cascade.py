@@ -3,6 +3,7 @@
 Each chunk: append audio -> re-transcribe the open sentence -> finish every sentence the ASR committed
 (translated to the end, without the gate, after what was already accepted for it) -> draft the open
 sentence and keep what the AlignAtt gate accepts. Output is append-only: units once returned are final.
+Every step leaves a `StepReport` (what was heard, the frontier, the draft, what stopped it, what was written).
 """
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ import numpy as np
 from alignatt.audio import SAMPLE_RATE_HZ, AudioBuffer
 from alignatt.asr import AsrBackend
 from alignatt.baselines import AlignAttPolicy, DraftPolicy, SentenceDecisions
+from alignatt.guards import ends_sentence, strip_sentence_final
 from alignatt.source import SourceOptions, SourceSentence, SourceState
 from alignatt.text_units import split_units
 from alignatt.transcriber import IncrementalTranscriber, TranscriberOptions
-from alignatt.translator import Translator
+from alignatt.translator import DraftResult, Translator
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,34 @@ class CascadeOptions:
 PRESETS = {"low": {"step_ms": 850.0}, "high": {"step_ms": 1500.0}}
 
 
+@dataclass(frozen=True)
+class StepReport:
+    """What one cascade step saw and did: the step log and the demo read it."""
+
+    heard_s: float
+    transcript: str  # the open sentence as the ASR has it now (before guards)
+    n_committed: int  # sentences the ASR committed in this step
+    n_source_units: int  # units of the open sentence
+    n_stable_units: int  # leading units the last two hypotheses agree on
+    n_accessible_units: int  # the frontier
+    draft: str  # text of the draft after the accepted prefix ("" when no draft)
+    draft_skipped: bool  # source, frontier and prefix unchanged: the last draft was reused
+    n_draft_tokens: int
+    n_accepted_tokens: int  # tokens the gate let through
+    stop: str  # the token that stopped the draft and the source unit it looked at ("" if none)
+    written: str  # text written in this step (final passes and the draft)
+
+
+@dataclass(frozen=True)
+class _DraftKey:
+    """Everything a draft depends on: with the same key, greedy decoding repeats the same draft."""
+
+    source: str
+    n_accessible_units: int
+    target_prefix: str
+    history: tuple
+
+
 @dataclass
 class TalkState:
     """Everything that belongs to one talk; models are shared across talks."""
@@ -49,8 +79,11 @@ class TalkState:
     source: SourceState
     history: deque  # (source, translation) of the last finished sentences
     target_prefix: str = ""  # accepted translation of the open sentence
+    prefix_heard_units: int = 0  # frontier of the open sentence when its prefix last grew
     unprocessed_s: float = 0.0  # audio appended since the last step
     decisions: SentenceDecisions = field(default_factory=SentenceDecisions)  # the policy's open-sentence state
+    last_draft: tuple[_DraftKey, DraftResult] | None = None
+    n_skipped_drafts: int = 0
 
 
 class Cascade:
@@ -64,8 +97,10 @@ class Cascade:
         self.options = options
         self.transcriber_options = transcriber_options
         self.source_options = source_options
+        self.guards = translator.guards
         self.policy = policy or AlignAttPolicy()  # decides how much of each draft is written
         self.talk = self._new_talk()
+        self.last_step: StepReport | None = None  # the step the last push() ran (None: it only gathered audio)
 
     def _new_talk(self) -> TalkState:
         return TalkState(audio=AudioBuffer(), transcriber=IncrementalTranscriber(self.asr, self.transcriber_options),
@@ -75,6 +110,7 @@ class Cascade:
     def reset(self) -> None:
         """Start a new talk."""
         self.talk = self._new_talk()
+        self.last_step = None
 
     @property
     def heard_s(self) -> float:
@@ -86,18 +122,27 @@ class Cascade:
         A step (ASR + translation) runs once `step_ms` of audio has gathered since the last one.
         """
         talk = self.talk
+        self.last_step = None
         talk.unprocessed_s += talk.audio.append(samples, sample_rate_hz) / SAMPLE_RATE_HZ
         # 1 ms slack: a resampled input may lag its nominal chunk length by a fraction of a millisecond.
         if talk.unprocessed_s * 1000.0 < self.options.step_ms - 1.0 or self.heard_s < self.options.min_audio_s:
             return []
         talk.unprocessed_s = 0.0
-        talk.source.apply(talk.transcriber.update(talk.audio))
+        update = talk.transcriber.update(talk.audio)
+        talk.source.apply(update)
         talk.audio.discard_before(talk.transcriber.boundary_s)  # committed audio is never read again
         units = self._finish_committed()
         open_sentence = talk.source.open_sentence
+        accessible = talk.source.accessible_units(self.heard_s)
+        step, skipped, drafted = None, False, []
         if open_sentence.units:
-            units += self._draft(open_sentence)
-        return units
+            step, skipped = self._draft(open_sentence, accessible)
+            drafted = self._accept(self.policy.accept(step, self.translator, accessible, talk.decisions))
+            if drafted:
+                talk.prefix_heard_units = accessible
+        self.last_step = self._report(open_sentence, len(update.committed), accessible, step, skipped,
+                                      units + drafted)
+        return units + drafted
 
     def finish(self) -> list[str]:
         """End of stream: commit and translate everything still open; return the remaining units."""
@@ -108,21 +153,46 @@ class Cascade:
         talk.source.apply(talk.transcriber.finish(talk.audio))
         return self._finish_committed()
 
-    def _draft(self, sentence: SourceSentence) -> list[str]:
+    def _draft(self, sentence: SourceSentence, accessible: int) -> tuple[DraftResult, bool]:
+        """Draft the open sentence (or reuse the last draft when nothing it depends on changed)."""
         talk = self.talk
-        accessible = talk.source.accessible_units(self.heard_s)
-        step = self.translator.draft(sentence.text, accessible, talk.target_prefix, tuple(talk.history))
-        return self._accept(self.policy.accept(step, self.translator, accessible, talk.decisions))
+        source = strip_sentence_final(sentence.text) if self.guards.strip_open_punctuation else sentence.text
+        n_units = len(split_units(source, self.source_options.char_level))  # stripping may drop a "." unit
+        key = _DraftKey(source, min(accessible, n_units), talk.target_prefix, tuple(talk.history))
+        if self.guards.skip_unchanged_drafts and talk.last_draft is not None and talk.last_draft[0] == key:
+            talk.n_skipped_drafts += 1
+            return talk.last_draft[1], True
+        step = self.translator.draft(key.source, key.n_accessible_units, key.target_prefix, key.history)
+        talk.last_draft = (key, step)
+        return step, False
 
     def _finish_committed(self) -> list[str]:
         talk, units = self.talk, []
         while (sentence := talk.source.pop_committed()) is not None:
-            units += self._accept(self.translator.finish(sentence.text, talk.target_prefix, tuple(talk.history)))
+            # An accepted text that already ends a sentence, written before the whole source was heard, must
+            # not end the translation: the rest of the source would be lost.
+            must_continue = ends_sentence(talk.target_prefix) and len(sentence.units) > talk.prefix_heard_units
+            units += self._accept(self.translator.finish(sentence.text, talk.target_prefix, tuple(talk.history),
+                                                         must_continue=must_continue))
             if self.options.history_sentences:
                 talk.history.append((sentence.text, talk.target_prefix))
             talk.target_prefix = ""
+            talk.prefix_heard_units = 0
             talk.decisions = SentenceDecisions()
+            talk.last_draft = None
         return units
+
+    def _report(self, sentence: SourceSentence, n_committed: int, accessible: int, step: DraftResult | None,
+                skipped: bool, written: list[str]) -> StepReport:
+        draft = self.translator.continuation_text(step.prompt, step.draft_ids) if step else ""
+        return StepReport(
+            heard_s=self.heard_s, transcript=sentence.text, n_committed=n_committed,
+            n_source_units=len(sentence.units), n_stable_units=sentence.n_stable_units,
+            n_accessible_units=accessible, draft=draft, draft_skipped=skipped,
+            n_draft_tokens=len(step.draft_ids) if step else 0,
+            n_accepted_tokens=step.gate.n_accepted_tokens if step else 0,
+            stop=self.translator.describe_stop(step) if step else "",
+            written=(("" if self.translator.char_level else " ").join(written)))
 
     def _accept(self, new_text: str) -> list[str]:
         """Append accepted text to the open sentence's translation; return its units."""

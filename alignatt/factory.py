@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+from types import SimpleNamespace
 
 from alignatt.asr import BACKENDS, load_backend
 from alignatt.baselines import PolicySelection, make_policy
 from alignatt.cascade import PRESETS, Cascade, CascadeOptions
 from alignatt.decoding import DecodeConfig
+from alignatt.guards import GuardOptions
 from alignatt.heads import HeadsFile, shipped_heads_path
 from alignatt.options import add_dataclass_arguments, dataclass_from_args
 from alignatt.policy import PolicyConfig
@@ -24,6 +26,16 @@ from alignatt.translator import Translator, TranslatorConfig
 
 logger = logging.getLogger(__name__)
 
+# Gate operating points. "tuned": the option defaults (frontier and guards chosen on the proxy sweep).
+# "published": the published system's effective behaviour (DESIGN §2): every transcribed word counts as heard,
+# so only its guards act (trailing ASR punctuation stripped, the last word of a draft held back, unchanged
+# drafts skipped, repeats trimmed); text may end in a full stop before the sentence is committed.
+GATES = {
+    "tuned": {},
+    "published": {"source_margin_ms": 0.0, "source_require_stable": False, "border_units": 1,
+                  "hold_sentence_end": False},
+}
+
 
 def _option_groups():
     """(dataclass, flag prefix) for every option group, ASR backends imported lazily."""
@@ -31,14 +43,17 @@ def _option_groups():
     from alignatt.asr_whisper import WhisperOptions
 
     return [(TranslatorConfig, "mt-"), (DecodeConfig, "mt-"), (PromptConfig, ""), (PolicyConfig, ""),
-            (PolicySelection, ""), (CascadeOptions, ""), (TranscriberOptions, ""), (SourceOptions, "source-"),
-            (Qwen3AsrOptions, "qwen3-"), (WhisperOptions, "whisper-")]
+            (GuardOptions, ""), (PolicySelection, ""), (CascadeOptions, ""), (TranscriberOptions, ""),
+            (SourceOptions, "source-"), (Qwen3AsrOptions, "qwen3-"), (WhisperOptions, "whisper-")]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="operating point: low (850 ms steps, ~2 s) or high (1500 ms steps, <4 s); "
                              "overrides --step-ms")
+    parser.add_argument("--gate", choices=sorted(GATES), default="tuned",
+                        help="gate operating point: tuned (the defaults) or published (reproduces the published "
+                             "system: no frontier, its guards only); overrides the frontier and guard flags")
     parser.add_argument("--heads", default=None,
                         help="heads JSON (default: the shipped file for --mt-model-id and the direction)")
     parser.add_argument("--asr-backend", choices=BACKENDS, default="qwen3", help="ASR backend")
@@ -49,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def known_option_names() -> set[str]:
-    names = {"preset", "heads", "asr_backend", "few_shot_file"}
+    names = {"preset", "gate", "heads", "asr_backend", "few_shot_file"}
     for cls, prefix in _option_groups():
         names |= {(prefix + f.name).replace("-", "_") for f in dataclasses.fields(cls)}
     return names
@@ -73,13 +88,23 @@ def cascade_options(args) -> CascadeOptions:
     return dataclass_from_args(CascadeOptions, args, **PRESETS.get(preset, {}))
 
 
+def with_gate(args):
+    """`args` with the options of its --gate operating point filled in."""
+    gate = getattr(args, "gate", None) or "tuned"
+    if gate not in GATES:
+        raise ValueError(f"unknown gate {gate!r}: choose one of {', '.join(sorted(GATES))}")
+    return SimpleNamespace(**{**vars(args), **GATES[gate]})
+
+
 def build_cascade(args) -> Cascade:
     """Load the ASR backend and the translator named by `args` and wire the cascade."""
     from alignatt.asr_qwen3 import Qwen3AsrOptions
     from alignatt.asr_whisper import WhisperOptions
 
+    args = with_gate(args)
     translator_config = dataclass_from_args(TranslatorConfig, args, prefix="mt-")
-    policy = make_policy(dataclass_from_args(PolicySelection, args))  # fail fast on a bad --policy
+    guards = dataclass_from_args(GuardOptions, args)
+    policy = make_policy(dataclass_from_args(PolicySelection, args), guards.hold_sentence_end)  # fails fast
     prompt_config = dataclass_from_args(PromptConfig, args)
     heads = load_heads(args, translator_config, prompt_config)  # fail fast, before loading models
     backend_name = getattr(args, "asr_backend", "qwen3")
@@ -88,7 +113,7 @@ def build_cascade(args) -> Cascade:
     translator = Translator.from_pretrained(translator_config, heads, prompt_config,
                                             dataclass_from_args(PolicyConfig, args),
                                             read_few_shot(getattr(args, "few_shot_file", None)),
-                                            dataclass_from_args(DecodeConfig, args, prefix="mt-"))
+                                            dataclass_from_args(DecodeConfig, args, prefix="mt-"), guards)
     backend = load_backend(backend_name, backend_options)
     # Warm up only once every model exists: constructing a model of a new class invalidates compiled graphs.
     translator.warm_up()

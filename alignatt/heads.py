@@ -4,6 +4,11 @@ Format (JSON, `format` = "alignatt-heads/1"):
   model: {id, revision, num_hidden_layers, num_attention_heads}   the model the scores belong to
   direction: "en-de"
   top_k: how many of the ranked heads the agent uses
+  query_row: "own" | "predicting"   which attention query row the scores judged target token t by:
+      "own" = the row at t's own position (the query computed when t is fed back in; the published
+      Gemma-4 heads), "predicting" = the row that predicts t (position t - 1). Heads are meant to be used
+      with the convention they were scored on. A file without the key is read as "predicting" (what every
+      calibration run of this project wrote before the key existed), with a warning.
   heads: [{layer, head, score}, ...] ranked best first; score = TS(l, h), null when unknown
   calibration: free-form metadata (data, sizes, date, stability checks, provenance)
 """
@@ -21,10 +26,26 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "alignatt-heads/1"
 SHIPPED_DIR = "heads_files"
+QUERY_ROWS = ("own", "predicting")
+DEFAULT_QUERY_ROW = "own"  # new files: the published heads' convention
+LEGACY_QUERY_ROW = "predicting"  # files written before the key existed were all scored on predicting rows
+_ROW_OFFSET = {"own": 0, "predicting": -1}
 
 
 class HeadsFileError(ValueError):
     """A heads file that cannot be read or does not fit the loaded model."""
+
+
+def check_query_row(query_row: str) -> None:
+    """Raise HeadsFileError unless `query_row` names one of QUERY_ROWS."""
+    if query_row not in QUERY_ROWS:
+        raise HeadsFileError(f"query_row must be one of {', '.join(QUERY_ROWS)}, got {query_row!r}")
+
+
+def query_row_position(token_position: int, query_row: str) -> int:
+    """Position of the attention row that judges the token at `token_position` under `query_row`."""
+    check_query_row(query_row)
+    return token_position + _ROW_OFFSET[query_row]
 
 
 @dataclass(frozen=True)
@@ -48,8 +69,10 @@ class HeadsFile:
     top_k: int = 4
     revision: str | None = None
     calibration: dict = field(default_factory=dict)
+    query_row: str = DEFAULT_QUERY_ROW
 
     def __post_init__(self):
+        check_query_row(self.query_row)
         if not self.heads:
             raise HeadsFileError("a heads file needs at least one head")
         if not 1 <= self.top_k <= len(self.heads):
@@ -68,6 +91,7 @@ class HeadsFile:
                       "num_attention_heads": self.num_attention_heads},
             "direction": self.direction,
             "top_k": self.top_k,
+            "query_row": self.query_row,
             "heads": [{"layer": h.layer, "head": h.head, "score": h.score} for h in self.heads],
             "calibration": self.calibration,
         }
@@ -87,7 +111,8 @@ class HeadsFile:
             return cls(model_id=model["id"], revision=model.get("revision"), direction=data["direction"],
                        heads=heads, num_hidden_layers=int(model["num_hidden_layers"]),
                        num_attention_heads=int(model["num_attention_heads"]), top_k=int(data.get("top_k", 4)),
-                       calibration=dict(data.get("calibration", {})))
+                       calibration=dict(data.get("calibration", {})),
+                       query_row=_declared_query_row(data, f"{model['id']} {data['direction']}"))
         except (KeyError, TypeError, ValueError) as err:
             if isinstance(err, HeadsFileError):
                 raise
@@ -117,6 +142,15 @@ class HeadsFile:
             raise HeadsFileError(f"heads outside the model: {bad}")
         if model_id is not None and model_id != self.model_id:
             logger.warning("heads calibrated on %s are used with %s", self.model_id, model_id)
+
+
+def _declared_query_row(data: dict, name: str) -> str:
+    """The file's query_row; LEGACY_QUERY_ROW, with a warning, for files written before the key existed."""
+    if "query_row" in data:
+        return data["query_row"]
+    logger.warning("heads file for %s has no query_row: read as %r, the rows every earlier calibration run "
+                   "scored; add \"query_row\" to the file to declare it", name, LEGACY_QUERY_ROW)
+    return LEGACY_QUERY_ROW
 
 
 def shipped_heads_path(model_id: str, direction: str) -> Path:

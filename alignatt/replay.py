@@ -66,8 +66,8 @@ def replay(capture: QKCapture, heads: Sequence[HeadRef], batch_index: int = 0) -
 class DraftAttention:
     """Where each draft row looks: the draft x source block and the split of its attention mass.
 
-    Row r is the query that predicts draft token r (the last prompt position for r = 0), the same
-    convention as AlignAtt's attention "at the step that emits the token".
+    Row r judges draft token r: either the query at token r's own position or the query that predicts it
+    (the last prompt position for r = 0), as `split_draft_attention` was told.
     """
 
     source: np.ndarray  # (H, R, S) attention on each source-span token
@@ -82,13 +82,14 @@ class DraftAttention:
 
 
 def split_draft_attention(replayed: ReplayedAttention, source_positions: np.ndarray,
-                          source_accessible: np.ndarray, draft_start: int) -> DraftAttention:
+                          source_accessible: np.ndarray, first_row: int, draft_start: int) -> DraftAttention:
     """Cut the replayed rows into the draft x source block and per-row attention masses.
 
     source_positions: (S,) prompt positions of the source-span tokens; source_accessible: (S,) bool;
-    draft_start: position of the first draft token (rows at draft_start-1 and later are draft rows).
+    first_row: position of the row that judges the first draft token (draft_start - 1 for the predicting
+    row, draft_start for the token's own row); draft_start: position of the first draft token.
     """
-    rows = replayed.row_positions >= draft_start - 1
+    rows = replayed.row_positions >= first_row
     probs = replayed.probs[:, rows, :]  # (H, R, K)
     source = probs[:, :, source_positions]  # (H, R, S)
     accessible = source[:, :, source_accessible].sum(-1)

@@ -7,8 +7,11 @@ units. Each unit is timed by the ASR word it comes from:
   (conservative: no part of a word is accessible before the whole word has been heard);
 - punctuation attached to a word is part of that word's unit;
 - a standalone punctuation unit (no letter or digit, e.g. "-") takes the end time of the preceding unit.
-Accessibility: a unit is accessible when its end time <= heard_s - margin. Word times and `heard_s` are both
-ABSOLUTE stream seconds; the frontier is the number of leading accessible units of the open sentence.
+Accessibility (the AlignAtt frontier): in a cascade the "edge of the audio" is the ASR's unstable tail, so a unit
+is accessible when it is stable (the last two hypotheses of the open span agree on its word, compared as the
+transcriber compares words) and at least `margin_ms` of audio follows its end time. Word times and `heard_s` are
+both ABSOLUTE stream seconds; the frontier is the number of leading accessible units of the open sentence.
+Committed sentences are stable throughout.
 """
 from __future__ import annotations
 
@@ -23,12 +26,16 @@ from alignatt.transcriber import CommitReason, TranscriptUpdate
 
 # Float slack so a word ending exactly at the heard time counts as heard despite rounding.
 _TIME_EPSILON_S = 1e-9
+# Chosen on the proxy sweep (eval/results/gate/): see the README's gate paragraph.
+DEFAULT_MARGIN_MS = 0.0
 
 
 @dataclass(frozen=True)
 class SourceOptions:
-    margin_ms: float = field(default=0.0, metadata={
-        "help": "audio that must follow a source unit's end time before the unit is accessible"})
+    margin_ms: float = field(default=DEFAULT_MARGIN_MS, metadata={
+        "help": "audio that must follow a source unit's end time before the unit is accessible (0: off)"})
+    require_stable: bool = field(default=True, metadata={
+        "help": "a source unit is accessible only once two consecutive ASR hypotheses agree on its word"})
     char_level: bool = field(default=False, metadata={
         "help": "one unit per CJK character in the source (off for English: one unit per word)"})
 
@@ -41,6 +48,7 @@ class SourceOptions:
 class TimedUnit:
     text: str
     end_s: float  # absolute stream time at which the unit has been fully spoken
+    stable: bool = True  # the last two ASR hypotheses agree on the word it comes from
 
 
 @dataclass(frozen=True)
@@ -51,37 +59,46 @@ class SourceSentence:
     units: tuple[TimedUnit, ...]
     reason: CommitReason | None = None  # None for the open sentence
 
-    def accessible_units(self, heard_s: float, margin_ms: float = 0.0) -> int:
-        """Number of leading units whose end time is at or before heard_s - margin."""
+    def accessible_units(self, heard_s: float, margin_ms: float = 0.0, require_stable: bool = False) -> int:
+        """Number of leading units whose end time is at or before heard_s - margin (and that are stable, when
+        `require_stable`)."""
         limit_s = heard_s - margin_ms / 1000.0 + _TIME_EPSILON_S
         count = 0
         for unit in self.units:
-            if unit.end_s > limit_s:
+            if unit.end_s > limit_s or (require_stable and not unit.stable):
                 break
             count += 1
         return count
 
+    @property
+    def n_stable_units(self) -> int:
+        return next((i for i, unit in enumerate(self.units) if not unit.stable), len(self.units))
 
-def build_sentence(words: Sequence[Word], char_level: bool = False,
-                   reason: CommitReason | None = None) -> SourceSentence:
-    """Join words into the sentence text and time every unit of that text."""
+
+def build_sentence(words: Sequence[Word], char_level: bool = False, reason: CommitReason | None = None,
+                   n_stable_words: int | None = None) -> SourceSentence:
+    """Join words into the sentence text and time every unit of that text.
+
+    Units of the first `n_stable_words` words are stable (None: all of them, as in a committed sentence).
+    """
     pieces = [" ".join(word.text.split()) for word in words]
-    kept = [(piece, word) for piece, word in zip(pieces, words) if piece]
-    text = " ".join(piece for piece, _ in kept)
+    n_stable = len(words) if n_stable_words is None else n_stable_words
+    kept = [(piece, word, i < n_stable) for i, (piece, word) in enumerate(zip(pieces, words)) if piece]
+    text = " ".join(piece for piece, _, _ in kept)
     starts = []  # character offset of each kept word in `text`
     offset = 0
-    for piece, _ in kept:
+    for piece, _, _ in kept:
         starts.append(offset)
         offset += len(piece) + 1
     units: list[TimedUnit] = []
     for begin, end in unit_spans(text, char_level):
-        word = kept[bisect.bisect_right(starts, begin) - 1][1]
+        _, word, stable = kept[bisect.bisect_right(starts, begin) - 1]
         unit_text = text[begin:end]
         end_s = word.end_s
         # Standalone punctuation is not speech: it becomes accessible with the word it follows.
         if units and not any(ch.isalnum() for ch in unit_text):
             end_s = units[-1].end_s
-        units.append(TimedUnit(unit_text, end_s))
+        units.append(TimedUnit(unit_text, end_s, stable))
     return SourceSentence(text, tuple(units), reason)
 
 
@@ -100,7 +117,7 @@ class SourceState:
             built = build_sentence(sentence.words, self.options.char_level, sentence.reason)
             self.committed.append(built)
             self._pending.append(built)
-        self._open = build_sentence(update.tail, self.options.char_level)
+        self._open = build_sentence(update.tail, self.options.char_level, n_stable_words=update.n_stable_tail_words)
 
     @property
     def has_pending(self) -> bool:
@@ -120,5 +137,5 @@ class SourceState:
         return self._open.text
 
     def accessible_units(self, heard_s: float) -> int:
-        """Frontier of the open sentence: how many of its leading units have been heard (absolute heard_s)."""
-        return self._open.accessible_units(heard_s, self.options.margin_ms)
+        """Frontier of the open sentence: how many of its leading units are accessible (absolute heard_s)."""
+        return self._open.accessible_units(heard_s, self.options.margin_ms, self.options.require_stable)

@@ -8,7 +8,8 @@ hypotheses of that span agree word by word through a sentence-final word (. ? ! 
 - the sentence-final punctuation itself must be present in both hypotheses, so the sentence boundary is stable;
 - ellipses ("...", "…") and common abbreviations ("Mr.", "e.g.") do not end a sentence;
 - every agreed sentence end commits, so one update may commit several sentences.
-The committed last word's end time becomes the new boundary. A length guard force-commits when the open audio
+The committed last word's end time becomes the new boundary. Each update also says how many leading words of the
+open tail the previous hypothesis agreed on: the source frontier treats only those as stable. A length guard force-commits when the open audio
 exceeds `max_open_s`: the agreed prefix if any, else all but the last `force_keep_words` words (cut into sentences
 at the latest hypothesis's punctuation); when not even that exists (silence, noise) the audio older than
 `drop_keep_s` is dropped. `finish` commits everything at the end.
@@ -72,6 +73,7 @@ class TranscriptUpdate:
     committed: tuple[Sentence, ...]
     tail: tuple[Word, ...]
     boundary_s: float  # absolute start of the open audio after this update
+    n_stable_tail_words: int = 0  # leading tail words the previous hypothesis agreed on
 
 
 def normalise(text: str) -> str:
@@ -135,12 +137,13 @@ class IncrementalTranscriber:
         """Re-transcribe the open audio and commit what two consecutive hypotheses agree on."""
         hypothesis = self._transcribe_open(audio)
         previous, self._previous = self._previous, hypothesis
+        agreed = agreed_prefix_len(previous, hypothesis)
         cut = last_agreed_sentence_end(previous, hypothesis)
         if cut:
-            return self._commit(split_sentences(hypothesis[:cut], "agreed"), hypothesis[cut:])
+            return self._commit(split_sentences(hypothesis[:cut], "agreed"), hypothesis[cut:], agreed - cut)
         if audio.duration_s - self._boundary_s > self.options.max_open_s:
             return self._force_commit(previous, hypothesis, audio.duration_s)
-        return self._result([], hypothesis)
+        return self._result([], hypothesis, agreed)
 
     def finish(self, audio: AudioBuffer) -> TranscriptUpdate:
         """End of stream (call `audio.finish()` first): commit every remaining word."""
@@ -162,21 +165,22 @@ class IncrementalTranscriber:
         count = agreed or max(0, len(hypothesis) - self.options.force_keep_words)
         if count:
             logger.info("open audio over %.1f s: force-committing %d words", self.options.max_open_s, count)
-            return self._commit(split_sentences(hypothesis[:count], "length_guard"), hypothesis[count:])
+            return self._commit(split_sentences(hypothesis[:count], "length_guard"), hypothesis[count:],
+                                agreed - count)
         logger.warning("open audio over %.1f s with no committable words: dropping audio before %.1f s (%d words)",
                        self.options.max_open_s, now_s - self.options.drop_keep_s, len(hypothesis))
         self._boundary_s = max(self._boundary_s, now_s - self.options.drop_keep_s)
         self._previous = []
-        return self._result([], [])
+        return self._result([], [], 0)
 
-    def _commit(self, sentences: list[Sentence], rest: list[Word]) -> TranscriptUpdate:
+    def _commit(self, sentences: list[Sentence], rest: list[Word], n_stable_rest: int = 0) -> TranscriptUpdate:
         if sentences:
             self._boundary_s = max(self._boundary_s, sentences[-1].end_s)
             for sentence in sentences:
                 logger.debug("commit (%s) %.2f-%.2f s: %s", sentence.reason, sentence.words[0].start_s,
                              sentence.end_s, sentence.text)
         self._previous = list(rest)
-        return self._result(sentences, rest)
+        return self._result(sentences, rest, n_stable_rest)
 
-    def _result(self, sentences: list[Sentence], tail: list[Word]) -> TranscriptUpdate:
-        return TranscriptUpdate(tuple(sentences), tuple(tail), self._boundary_s)
+    def _result(self, sentences: list[Sentence], tail: list[Word], n_stable: int) -> TranscriptUpdate:
+        return TranscriptUpdate(tuple(sentences), tuple(tail), self._boundary_s, max(0, n_stable))

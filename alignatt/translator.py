@@ -15,13 +15,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from alignatt.capture import HeadRef
 from alignatt.decoding import DecodeConfig, Request, make_decoder
 from alignatt.devices import resolve_device, resolve_dtype
-from alignatt.heads import HeadsFile
+from alignatt.guards import GuardOptions, final_pass_budget, hold_sentence_end, trim_repeated_start
+from alignatt.heads import QUERY_ROWS, HeadsFile
 from alignatt.policy import GateDecision, PolicyConfig, complete_units_text, gate_draft
 from alignatt.prompt import PromptBuilder, PromptConfig, RenderedPrompt
 from alignatt.replay import DraftAttention, replay, split_draft_attention
 from alignatt.text_units import is_char_level
 
 logger = logging.getLogger(__name__)
+
+# End-of-turn tokens of chat templates (Gemma-4, Gemma-3, Qwen/ChatML, Llama-3): a generation_config may omit them.
+END_OF_TURN_TOKENS = ("<turn|>", "<end_of_turn>", "<|im_end|>", "<|eot_id|>")
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,8 @@ class TranslatorConfig:
     min_draft_tokens: int = field(default=4, metadata={"help": "lower bound of a draft"})
     draft_tokens_over_source: int = field(default=8, metadata={
         "help": "a draft is at most this many tokens longer than the source span"})
-    max_final_tokens: int = field(default=160, metadata={"help": "bound on finishing a committed sentence"})
+    max_final_tokens: int = field(default=160, metadata={
+        "help": "bound on finishing a committed sentence (the budget is min(this, max(32, 3 x source tokens + 24)))"})
     repetition_penalty: float = field(default=1.05, metadata={"help": "greedy decoding repetition penalty"})
 
     def draft_budget(self, n_source_tokens: int) -> int:
@@ -49,7 +54,8 @@ class DraftResult:
     prompt: RenderedPrompt
     draft_ids: tuple[int, ...]  # generated tokens without the end-of-translation token
     ended: bool  # the draft reached the end of the translation
-    attention: DraftAttention | None  # None when the source is empty
+    may_end: bool  # the end completes the draft's last unit (it ended and the hold_draft_end guard is off)
+    attention: DraftAttention | None  # None when the source is empty; row r judges draft token r
     gate: GateDecision
     new_text: str  # accepted text to append to the target prefix, trimmed to whole units
 
@@ -71,12 +77,19 @@ class Translator:
 
     def __init__(self, model, tokenizer, heads: Sequence[HeadRef], prompt_config: PromptConfig = PromptConfig(),
                  config: TranslatorConfig = TranslatorConfig(), policy_config: PolicyConfig = PolicyConfig(),
-                 few_shot: Sequence[tuple[str, str]] = (), decode_config: DecodeConfig = DecodeConfig()):
+                 few_shot: Sequence[tuple[str, str]] = (), decode_config: DecodeConfig = DecodeConfig(),
+                 guards: GuardOptions = GuardOptions(), query_row: str = "own"):
+        if query_row not in QUERY_ROWS:
+            raise ValueError(f"query_row must be one of {QUERY_ROWS}, got {query_row!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.heads = tuple(heads)
         self.config = config
         self.policy_config = policy_config
+        self.guards = guards
+        # Which attention row judges draft token t: its own position ("own", as the published heads were scored)
+        # or the position that predicts it ("predicting"). Heads must be read on the rows they were scored on.
+        self.query_row = query_row
         self.prompts = PromptBuilder(tokenizer, prompt_config, few_shot)
         self.char_level = is_char_level(prompt_config.target_lang)
         self._eos_ids = self._end_token_ids()
@@ -85,32 +98,49 @@ class Translator:
     @classmethod
     def from_pretrained(cls, config: TranslatorConfig, heads_file: HeadsFile, prompt_config: PromptConfig,
                         policy_config: PolicyConfig = PolicyConfig(), few_shot: Sequence[tuple[str, str]] = (),
-                        decode_config: DecodeConfig = DecodeConfig()) -> "Translator":
+                        decode_config: DecodeConfig = DecodeConfig(), guards: GuardOptions = GuardOptions()
+                        ) -> "Translator":
         model, tokenizer = load_model_and_tokenizer(config)
         heads_file.check_fits(model.config, config.model_id)
         return cls(model, tokenizer, heads_file.selected(), prompt_config, config, policy_config, few_shot,
-                   decode_config)
+                   decode_config, guards, heads_file.query_row)
 
     def _end_token_ids(self) -> list[int]:
+        """EOS ids of the generation config and the tokenizer, plus the template's end-of-turn token."""
         ids = self.model.generation_config.eos_token_id
         ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
-            ids.append(self.tokenizer.eos_token_id)
+        candidates = [self.tokenizer.eos_token_id] + [self._vocab_id(token) for token in END_OF_TURN_TOKENS]
+        ids += [i for i in candidates if i is not None and i not in ids]
         return ids
 
-    def _generation_config(self, max_new_tokens: int) -> GenerationConfig:
+    def _vocab_id(self, token: str) -> int | None:
+        token_id = self.tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or token_id == self.tokenizer.unk_token_id:
+            return None
+        return token_id
+
+    def _line_break_ids(self) -> list[int]:
+        """Tokens that are a line break on their own (the end of a plain-style translation)."""
+        ids = {i for text in ("\n", "\n\n") for i in self.tokenizer.encode(text, add_special_tokens=False)}
+        return sorted(i for i in ids if self.tokenizer.decode([i]).strip() == "")
+
+    def _generation_config(self, max_new_tokens: int, must_continue: bool = False) -> GenerationConfig:
+        """Greedy; `must_continue` forbids ending the translation with the first new token."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self._eos_ids[0]
+        suppress = None
+        if must_continue:
+            suppress = self._eos_ids + (self._line_break_ids() if self.prompts.config.style == "plain" else [])
         return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False,
                                 repetition_penalty=self.config.repetition_penalty,
-                                eos_token_id=self._eos_ids, pad_token_id=pad)
+                                eos_token_id=self._eos_ids, pad_token_id=pad, begin_suppress_tokens=suppress)
 
     def warm_up(self) -> None:
         """Compile the decoder's graphs now (compiled decoding only) rather than on the first draft."""
         filler = self.prompts.render("This sentence only warms up the translator.", "", None)
         self.decoder.warm_up(filler.input_ids, self._generation_config(self.config.max_draft_tokens))
 
-    def _generate(self, prompt: RenderedPrompt, max_new_tokens: int, capture: bool):
-        generation = self._generation_config(max_new_tokens)
+    def _generate(self, prompt: RenderedPrompt, max_new_tokens: int, capture: bool, must_continue: bool = False):
+        generation = self._generation_config(max_new_tokens, must_continue)
         kwargs = {}
         if self.prompts.config.style == "plain":  # base models: one line per translation
             kwargs = {"stop_strings": ["\n"], "tokenizer": self.tokenizer}
@@ -141,31 +171,56 @@ class Translator:
         """Draft after `target_prefix` for the live `source` and accept what the gate allows."""
         prompt = self.prompts.render(source, target_prefix, n_accessible_units, history)
         if prompt.n_units == 0:
-            return DraftResult(prompt, (), False, None, GateDecision(0, ()), "")
+            return DraftResult(prompt, (), False, False, None, GateDecision(0, ()), "")
         budget = self.config.draft_budget(len(prompt.source_token_positions))
         generated = self._generate(prompt, budget, capture=True)
         draft_ids, ended = self._split_end(prompt, generated.token_ids)
+        first_row = prompt.n_tokens - 1 if self.query_row == "predicting" else prompt.n_tokens
         attention = split_draft_attention(replay(generated.captured, self.heads), prompt.source_token_positions,
-                                          prompt.source_accessible_mask(), draft_start=prompt.n_tokens)
-        n_rows = len(draft_ids)
+                                          prompt.source_accessible_mask(), first_row=first_row,
+                                          draft_start=prompt.n_tokens)
+        # Under "own" the last generated token was never fed back, so it has no row: it is never judged, and
+        # waits for the next draft (it is the end of the draft, usually an incomplete unit anyway).
+        n_rows = min(len(draft_ids), attention.n_rows)
         gate = gate_draft(attention.source[:, :n_rows], prompt.source_token_units,
                           attention.mass_inaccessible[:, :n_rows], n_accessible_units, self.policy_config)
-        new_text = self._accepted_text(prompt, draft_ids, gate.n_accepted_tokens, ended)
-        return DraftResult(prompt, tuple(draft_ids), ended, attention, gate, new_text)
+        may_end = ended and not self.guards.hold_draft_end
+        new_text = self._accepted_text(prompt, draft_ids, gate.n_accepted_tokens, may_end)
+        if self.guards.hold_sentence_end:
+            new_text = hold_sentence_end(new_text, self.char_level)
+        return DraftResult(prompt, tuple(draft_ids), ended, may_end, attention, gate, new_text)
 
-    def _accepted_text(self, prompt: RenderedPrompt, draft_ids: list[int], n_accepted: int, ended: bool) -> str:
+    def describe_stop(self, result: DraftResult) -> str:
+        """The token that stopped the draft and the source unit it looked at ("" when nothing stopped it)."""
+        verdicts = result.gate.verdicts
+        if not verdicts or verdicts[-1].accepted:
+            return ""
+        verdict, prompt = verdicts[-1], result.prompt
+        token = self.tokenizer.decode([result.draft_ids[result.gate.n_accepted_tokens]])
+        unit = min(int(verdict.aligned_unit), prompt.n_units - 1)
+        return (f"{token!r} looks at unit {verdict.aligned_unit:g} {prompt.unit_text(unit)!r}, "
+                f"frontier {prompt.n_accessible_units}")
+
+    def _accepted_text(self, prompt: RenderedPrompt, draft_ids: list[int], n_accepted: int, may_end: bool) -> str:
         accepted = self.continuation_text(prompt, draft_ids[:n_accepted])
         if n_accepted < len(draft_ids):
             continuation = self.continuation_text(prompt, draft_ids[: n_accepted + 1])[len(accepted):]
         else:
-            continuation = "" if ended else None
+            continuation = "" if may_end else None
         return complete_units_text(accepted, continuation, self.char_level)
 
-    def finish(self, source: str, target_prefix: str = "", history: Sequence[tuple[str, str]] = ()) -> str:
-        """Translate a committed sentence to the end, without the gate, continuing after `target_prefix`."""
+    def finish(self, source: str, target_prefix: str = "", history: Sequence[tuple[str, str]] = (),
+               must_continue: bool = False) -> str:
+        """Translate a committed sentence to the end, without the gate, continuing after `target_prefix`.
+
+        `must_continue`: the accepted text ended a sentence before the whole source was heard, so the
+        translation may not end right there (its first token cannot end it).
+        """
         prompt = self.prompts.render(source, target_prefix, None, history)
         if prompt.n_units == 0:
             return ""
-        generated = self._generate(prompt, self.config.max_final_tokens, capture=False)
+        budget = final_pass_budget(len(prompt.source_token_positions), self.config.max_final_tokens)
+        generated = self._generate(prompt, budget, capture=False, must_continue=must_continue)
         draft_ids, _ = self._split_end(prompt, generated.token_ids)
-        return self.continuation_text(prompt, draft_ids).rstrip()
+        text = self.continuation_text(prompt, draft_ids).rstrip()
+        return trim_repeated_start(prompt.target_prefix, text, self.char_level, self.guards.min_repeat_units)

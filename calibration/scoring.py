@@ -2,10 +2,12 @@
 the WHOLE row (every key position the row sees), lands on a token of a source word aligned to them.
 
 The reference translation is prefilled as the target of the agent's own prompt layout (`PromptBuilder`),
-so the rows scored here are the rows the runtime policy reads. The row of target token t is the query
-that predicts t, at position(t) - 1, as in `alignatt.replay.split_draft_attention`. Queries and keys are
-recorded with the agent's capture code (`alignatt.capture`) and replayed with `alignatt.replay`, one
-layer at a time; only the argmax hits of each row are kept.
+so the rows scored here are the rows the runtime policy reads. Which row judges target token t is declared,
+not assumed (`alignatt.heads.QUERY_ROWS`): "own" = the query at t's own position (computed when t is fed
+back in; the published Gemma-4 heads were scored so), "predicting" = the query that predicts t, at
+position(t) - 1. The teacher-forced sequence holds every target token, so both rows of every token exist.
+Queries and keys are recorded with the agent's capture code (`alignatt.capture`) and replayed with
+`alignatt.replay`, one layer at a time; only the argmax hits of each row are kept.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from alignatt.capture import HeadRef, attention_head_count, capture_heads, text_attention_modules
+from alignatt.heads import check_query_row, query_row_position
 from alignatt.prompt import PromptBuilder, RenderedPrompt, map_source_tokens
 from alignatt.replay import replay_layer
 from alignatt.text_units import unit_spans
@@ -33,7 +36,7 @@ class ScoringExample:
 
     pair_index: int  # index into the scored pairs
     input_ids: tuple[int, ...]
-    rows: np.ndarray  # (N,) query positions: the row predicting each aligned target token
+    rows: np.ndarray  # (N,) query positions: the row judging each aligned target token (own or predicting)
     allowed: np.ndarray  # (N, T) bool: key position is a token of a source word aligned to the target token
     source_positions: np.ndarray  # (S,) positions of the source-span tokens
 
@@ -66,8 +69,9 @@ def target_token_units(prompt: RenderedPrompt, char_level: bool) -> list[tuple[i
 
 
 def build_example(builder: PromptBuilder, pair: SentencePair, links: frozenset[Link], pair_index: int,
-                  char_level: bool) -> ScoringExample | None:
-    """Render the pair teacher-forced and collect its aligned target tokens (None when there are none)."""
+                  char_level: bool, *, query_row: str) -> ScoringExample | None:
+    """Render the pair teacher-forced and collect its aligned target tokens (None when there are none), each
+    with the row `query_row` names."""
     prompt = builder.render(pair.source, target_prefix=pair.target)
     n_src, n_tgt = pair.n_units
     if prompt.n_units != n_src or len(unit_spans(prompt.target_prefix, char_level)) != n_tgt:
@@ -81,7 +85,7 @@ def build_example(builder: PromptBuilder, pair: SentencePair, links: frozenset[L
             continue
         mask = np.zeros(prompt.n_tokens, dtype=bool)
         mask[keys] = True
-        rows.append(position - 1)  # the row that predicts the token
+        rows.append(query_row_position(position, query_row))
         allowed.append(mask)
     if not rows:
         return None
@@ -123,7 +127,9 @@ def score_batch(model, batch: Sequence[ScoringExample], heads: Sequence[HeadRef]
     the source-span columns only (what a policy that reads only those columns sees).
 
     Right padding keeps every sequence at positions 0..T-1 (the capture assumes shared position ids);
-    padded keys lie after every real row, so the causal mask hides them from the rows scored.
+    padded keys lie after every real row, so the causal mask hides them from the rows scored. Rows are
+    kept from the first scored row to the end, so the last target token's row is there under either
+    convention ("own": its position, at most n_tokens - 1; "predicting": one before).
     """
     device = model.device
     length = max(e.n_tokens for e in batch)
@@ -174,6 +180,7 @@ class HeadScores:
     hits_source_only: np.ndarray  # (P, L, H) hits of the argmax over the source-span columns only
     pair_indices: np.ndarray  # (P,) index of each scored pair in the pair list
     source_chance: float  # TS of an argmax drawn uniformly over the source tokens
+    query_row: str  # which row judged each target token ("own" or "predicting")
 
     def ts(self, subset: np.ndarray | None = None) -> np.ndarray:
         """(L, H) TS over all scored pairs or a subset of them (indices into the scored pairs)."""
@@ -191,11 +198,13 @@ class HeadScores:
 
 def score_heads(model, tokenizer, builder: PromptBuilder, pairs: Sequence[SentencePair],
                 alignments: Sequence[frozenset[Link]], char_level: bool, batch_size: int = 4,
-                progress: bool = True) -> HeadScores:
-    """Teacher-force every pair with at least one aligned target token and score every head."""
+                progress: bool = True, *, query_row: str) -> HeadScores:
+    """Teacher-force every pair with at least one aligned target token and score every head on the rows
+    `query_row` names (no default: the convention is part of what the scores mean)."""
+    check_query_row(query_row)
     examples = []
     for index, (pair, links) in enumerate(zip(pairs, alignments)):
-        example = build_example(builder, pair, links, index, char_level)
+        example = build_example(builder, pair, links, index, char_level, query_row=query_row)
         if example is None:
             logger.debug("pair on line %d has no aligned target token, skipped", pair.line)
         else:
@@ -218,4 +227,5 @@ def score_heads(model, tokenizer, builder: PromptBuilder, pairs: Sequence[Senten
     chance = sum(source_chance(e) for e in examples) / counts.sum()
     stacked = np.stack([by_pair[e.pair_index] for e in examples], axis=1)  # (3, P, L, H)
     return HeadScores(hits=stacked[0], counts=counts, on_source=stacked[1], hits_source_only=stacked[2],
-                      pair_indices=np.asarray([e.pair_index for e in examples]), source_chance=float(chance))
+                      pair_indices=np.asarray([e.pair_index for e in examples]), source_chance=float(chance),
+                      query_row=query_row)

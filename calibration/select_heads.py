@@ -4,9 +4,11 @@
         --align-with eflomal --source-lang en --target-lang de --out heads.json
 
 Reference translations are teacher-forced through the agent's prompt layout; for every aligned target
-token the attention row that predicts it is replayed for all heads, and TS(l, h) is the share of tokens
-whose argmax over the whole row lands on a token of an aligned source word. Writes the heads JSON
-(alignatt-heads/1, calibration metadata filled), a TSV of all scores and a heatmap PNG.
+token one attention row is replayed for all heads (`--query-row`: "own", the row at the token's own
+position, as the published Gemma-4 heads were scored, or "predicting", the row that predicts it), and
+TS(l, h) is the share of tokens whose argmax over the whole row lands on a token of an aligned source word.
+Writes the heads JSON (alignatt-heads/1, calibration metadata and query_row filled), a TSV of all scores
+and a heatmap PNG.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from alignatt.heads import HeadsFileError
+from alignatt.heads import DEFAULT_QUERY_ROW, QUERY_ROWS, HeadsFileError
 from alignatt.options import add_dataclass_arguments, dataclass_from_args
 from alignatt.prompt import PromptBuilder, PromptConfig, read_few_shot
 from alignatt.text_units import is_char_level
@@ -33,8 +35,13 @@ from calibration.stability import half_split_stability, score_summary
 
 logger = logging.getLogger("calibration.select_heads")
 
-SCORE_DEFINITION = ("TS(l,h): share of aligned target tokens whose attention argmax over the whole row (the query "
-                    "that predicts the token, all key positions it sees) lands on a token of an aligned source word")
+ROW_DESCRIPTIONS = {"own": "the query at the token's own position", "predicting": "the query that predicts the token"}
+
+
+def score_definition(query_row: str) -> str:
+    """The TS definition recorded in the heads file, naming the row that judged each token."""
+    return (f"TS(l,h): share of aligned target tokens whose attention argmax over the whole row "
+            f"({ROW_DESCRIPTIONS[query_row]}, all key positions it sees) lands on a token of an aligned source word")
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,9 @@ class CalibrationOptions:
     tsv: str | None = field(default=None, metadata={"help": "TSV of all scores (default: --out with .tsv)"})
     heatmap: str | None = field(default=None, metadata={"help": "heatmap PNG (default: --out with .png)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    query_row: str = field(default=DEFAULT_QUERY_ROW, metadata={
+        "help": f"attention row that judges target token t: {' or '.join(QUERY_ROWS)} (own: t's own position, "
+                "as the published heads; predicting: the row that predicts t, at t - 1)"})
 
     def __post_init__(self):
         for name in ("model", "pairs", "out"):
@@ -77,6 +87,8 @@ class CalibrationOptions:
             raise ValueError("give exactly one of --alignments FILE and --align-with ALIGNER")
         if self.align_with is not None and self.align_with not in ALIGNERS:
             raise ValueError(f"--align-with must be one of {', '.join(ALIGNERS)}")
+        if self.query_row not in QUERY_ROWS:
+            raise ValueError(f"--query-row must be one of {', '.join(QUERY_ROWS)}")
         if self.batch_size < 1 or self.top_k < 1 or self.splits < 1:
             raise ValueError("--batch-size, --top-k and --splits must be >= 1")
 
@@ -125,14 +137,14 @@ def run(options: CalibrationOptions, prompt_config: PromptConfig, settings: Eflo
         dtype=options.dtype))
     builder = PromptBuilder(tokenizer, prompt_config, few_shot)
     scores = score_heads(model, tokenizer, builder, pairs, pair_links, char_level, options.batch_size,
-                         options.progress)
+                         options.progress, query_row=options.query_row)
     ts = scores.ts()
     stability = half_split_stability(scores, options.top_k, options.splits, options.seed)
     summary = score_summary(ts, tuple(sorted({0.3, 0.5, 0.7, options.threshold})), options.top_k)
     calibration = {
         "tool": "python -m calibration.select_heads " + " ".join(argv),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "score": SCORE_DEFINITION,
+        "score": score_definition(scores.query_row),
         "data": {"file": options.pairs, "sha256": file_sha256(options.pairs), "lines": len(all_pairs),
                  "pairs_selected": len(pairs), "pairs_scored": scores.n_pairs,
                  "aligned_target_tokens": scores.n_aligned_tokens, "max_pairs": options.max_pairs,
@@ -151,7 +163,7 @@ def run(options: CalibrationOptions, prompt_config: PromptConfig, settings: Eflo
     }
     direction = f"{prompt_config.source_lang}-{prompt_config.target_lang}"
     heads_file = make_heads_file(ts, options.model_name or options.model, options.revision, direction,
-                                 options.top_k, calibration, options.n_listed)
+                                 options.top_k, calibration, scores.query_row, options.n_listed)
     heads_file.check_fits(model.config)
     heads_file.save(options.out)
     write_tsv(options.path(options.tsv, ".tsv"), scores)
@@ -159,8 +171,8 @@ def run(options: CalibrationOptions, prompt_config: PromptConfig, settings: Eflo
                   f"{heads_file.model_id} {direction}\nTS over {scores.n_aligned_tokens} aligned tokens, "
                   f"{scores.n_pairs} pairs")
     best = heads_file.heads[0]
-    logger.info("best head L%dH%d TS %.3f, median %.3f; half-split top-%d overlap %.2f; wrote %s",
-                best.layer, best.head, best.score, summary["median"], options.top_k,
+    logger.info("best head L%dH%d TS %.3f (%s rows), median %.3f; half-split top-%d overlap %.2f; wrote %s",
+                best.layer, best.head, best.score, scores.query_row, summary["median"], options.top_k,
                 stability.topk_overlap_mean, options.out)
     return calibration
 

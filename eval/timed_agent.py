@@ -3,12 +3,14 @@
 SimulEval's `elapsed` is audio read + the wall time since the talk started, so over a long-form talk it
 accumulates every earlier step's compute. The standard computation-aware emission time (SimulStream's: audio
 processed + computation time of the step that emitted) needs the compute time of each step, which this
-subclass writes to OUTPUT/steps.jsonl, one line per policy call. Everything else is AlignAttAgent itself.
+subclass writes to OUTPUT/steps.jsonl, one line per policy call, with the cascade's step report (transcript,
+frontier, draft, what stopped it, whether the draft was skipped). Everything else is AlignAttAgent itself.
 
     PYTHONPATH=. simuleval --agent-class eval.timed_agent.TimedAlignAttAgent --output OUT ...
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -34,8 +36,11 @@ class TimedAlignAttAgent(AlignAttAgent):
         if self._steps is not None:
             rate = states.source_sample_rate or 16000
             written = action.content if isinstance(action, WriteAction) else ""
+            step = self.cascade.last_step
             self._steps.write(json.dumps({"source_ms": len(states.source) * 1000.0 / rate,
                                           "compute_ms": compute_ms, "written": written,
-                                          "finished": bool(states.source_finished)}, ensure_ascii=False) + "\n")
+                                          "finished": bool(states.source_finished),
+                                          "step": dataclasses.asdict(step) if step else None},
+                                         ensure_ascii=False) + "\n")
             self._steps.flush()
         return action

@@ -6,9 +6,11 @@ import pytest
 from alignatt.baselines import (AlignAttPolicy, LocalAgreementPolicy, PolicySelection, SentenceDecisions,
                                 WaitKPolicy, agreed_units, draft_units, make_policy, wait_k_quota)
 from alignatt.cascade import Cascade, CascadeOptions
-from alignatt.factory import add_arguments, check_known
+from alignatt.factory import add_arguments, check_known, with_gate
+from alignatt.guards import GuardOptions
 from alignatt.policy import GateDecision
 from alignatt.prompt import PromptConfig
+from alignatt.source import SourceOptions
 from alignatt.text_units import split_units
 from alignatt.translator import DraftResult, Translator, TranslatorConfig
 from test_cascade import HEADS, TALK, TimelineAsr, feed, timeline
@@ -64,7 +66,7 @@ class CharTranslator:
 
 
 def scripted(text: str, ended: bool = False, new_text: str = "") -> DraftResult:
-    return DraftResult(None, tuple(map(ord, text)), ended, None, GateDecision(0, ()), new_text)
+    return DraftResult(None, tuple(map(ord, text)), ended, ended, None, GateDecision(0, ()), new_text)
 
 
 def test_local_agreement_on_scripted_drafts():
@@ -118,8 +120,15 @@ class OracleTranslator:
 
     char_level = False
 
+    # Its guesses change from step to step, unlike greedy decoding: a repeated input must be drafted again.
+    guards = GuardOptions(skip_unchanged_drafts=False)
+
     def __init__(self):
         self.n_steps = 0
+
+    @staticmethod
+    def describe_stop(result):
+        return ""
 
     @staticmethod
     def translation(source):
@@ -141,7 +150,7 @@ class OracleTranslator:
             target_prefix.split()) else ""
         return scripted(text, new_text=gated)
 
-    def finish(self, source, target_prefix="", history=()):
+    def finish(self, source, target_prefix="", history=(), must_continue=False):
         return self._rest(self.translation(source), target_prefix)
 
 
@@ -221,3 +230,30 @@ def test_baselines_on_the_real_translator(selection, tiny_translator):
     for _, draft, accepted, _ in steps:
         assert draft[: len(accepted)] == accepted  # a baseline writes a prefix of the model's own draft
     assert len(units) >= sum(len(accepted) for _, _, accepted, _ in steps)
+
+
+def test_gate_operating_points():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    tuned = with_gate(parser.parse_args([]))
+    assert (tuned.source_margin_ms, tuned.source_require_stable, tuned.hold_sentence_end) == (
+        SourceOptions().margin_ms, True, True)
+    published = with_gate(parser.parse_args(["--gate", "published", "--source-margin-ms", "400"]))
+    # The published system counts every transcribed word as heard and may end text in a full stop.
+    assert published.source_margin_ms == 0 and not published.source_require_stable
+    assert not published.hold_sentence_end and published.hold_draft_end and published.skip_unchanged_drafts
+    check_known({"gate": "published", "hold_draft_end": False, "min_repeat_units": 1})
+    with pytest.raises(ValueError, match="unknown gate"):
+        with_gate(argparse.Namespace(gate="fast"))
+
+
+@pytest.mark.parametrize("policy", [LocalAgreementPolicy(), WaitKPolicy(1)], ids=["local-agreement", "wait-k1"])
+def test_baselines_hold_back_a_sentence_end_of_an_open_sentence(policy):
+    reader, state = CharTranslator(), SentenceDecisions()
+    policy.accept(scripted("Ich bin Sarah. Und"), reader, 20, state)
+    text = policy.accept(scripted("Ich bin Sarah. Und"), reader, 20, state)
+    assert text == "Ich bin"  # "Sarah." would end the text in a full stop; "Und" may still grow
+    free = type(policy)(*([1] if isinstance(policy, WaitKPolicy) else []), hold_sentence_end=False)
+    state = SentenceDecisions()
+    free.accept(scripted("Ich bin Sarah. Und"), reader, 20, state)
+    assert free.accept(scripted("Ich bin Sarah. Und"), reader, 20, state).endswith("Sarah.")

@@ -1,5 +1,8 @@
-"""Head calibration: a planted alignment head is ranked first; Pharaoh files are parsed and checked; the
-command runs end to end on a tiny model saved to disk; the built-in aligner and its symmetrisation."""
+"""Head calibration: a planted alignment head is ranked first, on the query rows it was planted on only; TS
+equals a brute-force recount from eager attention weights under both row conventions; Pharaoh files are
+parsed and checked; the command runs end to end on a tiny model saved to disk and declares its query rows;
+the built-in aligner and its symmetrisation."""
+import copy
 import json
 import logging
 
@@ -10,7 +13,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
 
 from alignatt.capture import HeadRef
-from alignatt.heads import HeadsFile
+from alignatt.heads import QUERY_ROWS, HeadsFile
 from alignatt.prompt import PromptBuilder, PromptConfig
 from calibration import select_heads
 from calibration.align import (EflomalSettings, GoldPair, alignment_quality, grow_diag_final_and, read_gold,
@@ -39,15 +42,16 @@ def word_tokenizer() -> PreTrainedTokenizerFast:
                                    pad_token="<pad>", unk_token="<unk>")
 
 
-def planted_gemma3(seed: int = 0) -> Gemma3ForCausalLM:
-    """Tiny random Gemma-3 whose head PLANTED, at the row predicting target word t_k, looks at source s_k.
+def planted_gemma3(seed: int = 0, query_row: str = "predicting") -> Gemma3ForCausalLM:
+    """Tiny random Gemma-3 whose head PLANTED, at the `query_row` row of target word t_k, looks at source s_k.
 
     Target sentences are always t0 t1 ... t_{n-1}, so the row that predicts t_k is the one whose input is
-    t_{k-1} (":" for t_0): its query points along direction d(k), the key of s_k along the same direction,
-    every other key of that KV head is zero. One-hot embeddings; earlier layers write nothing into the
-    residual stream, so layer 3 reads pure embeddings. RoPE is made negligible on the directions used
-    (huge theta; dims 0 and 8 rotate at 1 rad/token whatever theta is, so they are not used); the content
-    term is made large through the q/k norm weights (scores of 16 against 0).
+    t_{k-1} (":" for t_0) and t_k's own row is the one whose input is t_k: that row's query points along
+    direction d(k), the key of s_k along the same direction, every other key of that KV head is zero.
+    One-hot embeddings; earlier layers write nothing into the residual stream, so layer 3 reads pure
+    embeddings. RoPE is made negligible on the directions used (huge theta; dims 0 and 8 rotate at 1
+    rad/token whatever theta is, so they are not used); the content term is made large through the q/k norm
+    weights (scores of 16 against 0).
     """
     rope = {"rope_type": "default", "rope_theta": 1e30}
     config = Gemma3TextConfig(
@@ -71,11 +75,10 @@ def planted_gemma3(seed: int = 0) -> Gemma3ForCausalLM:
         kv_rows = slice((PLANTED.head // 2) * 16, (PLANTED.head // 2) * 16 + 16)
         attn.q_proj.weight[q_rows] = 0.0
         attn.k_proj.weight[kv_rows] = 0.0
-        attn.q_proj.weight[q_rows][directions[0], TOKEN_ID[":"]] = 1.0
         for k in range(MAX_WORDS):
             attn.k_proj.weight[kv_rows][directions[k], TOKEN_ID[f"s{k}"]] = 1.0
-            if k + 1 < MAX_WORDS:
-                attn.q_proj.weight[q_rows][directions[k + 1], TOKEN_ID[f"t{k}"]] = 1.0
+            row_input = f"t{k}" if query_row == "own" else (f"t{k - 1}" if k else ":")
+            attn.q_proj.weight[q_rows][directions[k], TOKEN_ID[row_input]] = 1.0
         attn.q_norm.weight.fill_(3.0)  # (1 + w) = 4: |q| = |k| = 16, score = 16 * 16 / sqrt(256) = 16
         attn.k_norm.weight.fill_(3.0)
     return model
@@ -95,19 +98,40 @@ def toy_pairs(n_pairs: int, seed: int = 0):
     return out
 
 
-def score_toy(model, n_pairs=12, batch_size=4, links_fn=None):
+def toy_inputs(n_pairs=12):
     data = toy_pairs(n_pairs)
     pairs = [make_pair(n + 1, s, t, "de") for n, (s, t, _) in enumerate(data)]
-    links = [links_fn(l) if links_fn else l for _, _, l in data]
-    builder = PromptBuilder(word_tokenizer(), PLAIN)
+    return pairs, [l for _, _, l in data], PromptBuilder(word_tokenizer(), PLAIN)
+
+
+def score_toy(model, n_pairs=12, batch_size=4, query_row="predicting"):
+    pairs, links, builder = toy_inputs(n_pairs)
     return score_heads(model, word_tokenizer(), builder, pairs, links, char_level=False, batch_size=batch_size,
-                       progress=False)
+                       progress=False, query_row=query_row)
+
+
+def brute_force_hits(model, n_pairs: int, query_row: str) -> np.ndarray:
+    """(P, L, H) TS hits recounted from the attention weights an eager copy of the model returns."""
+    eager = copy.deepcopy(model)
+    eager.set_attn_implementation("eager")
+    pairs, links, builder = toy_inputs(n_pairs)
+    hits = []
+    for index, (pair, pair_links) in enumerate(zip(pairs, links)):
+        example = build_example(builder, pair, pair_links, index, False, query_row=query_row)
+        with torch.no_grad():
+            out = eager(input_ids=torch.tensor([example.input_ids]), output_attentions=True)
+        weights = torch.stack(out.attentions)[:, 0]  # (L, H, T, T)
+        argmax = weights[:, :, example.rows, :].argmax(-1).numpy()  # (L, H, N)
+        hits.append(example.allowed[np.arange(example.n_aligned), argmax].sum(-1))
+    return np.stack(hits)
 
 
 # --- planted head ----------------------------------------------------------------------------------
 
-def test_planted_head_is_ranked_first():
-    scores = score_toy(planted_gemma3())
+@pytest.mark.parametrize("query_row", QUERY_ROWS)
+def test_planted_head_is_ranked_first(query_row):
+    scores = score_toy(planted_gemma3(query_row=query_row), query_row=query_row)
+    assert scores.query_row == query_row
     ts = scores.ts()
     assert ts.shape == (4, 4)
     assert ranking(ts)[0] == (PLANTED.layer, PLANTED.head)
@@ -120,15 +144,26 @@ def test_planted_head_is_ranked_first():
     assert scores.on_source[:, PLANTED.layer, PLANTED.head].sum() == scores.n_aligned_tokens
 
 
-def test_rows_are_the_queries_that_predict_the_token():
-    """With links shifted by one target word the planted head would win only under an off-by-one row."""
-    shifted = lambda links: frozenset((i, j + 1) for i, j in links if j + 1 < MAX_WORDS)  # noqa: E731
-    data = toy_pairs(12)
-    pairs = [make_pair(n + 1, s, t, "de") for n, (s, t, _) in enumerate(data)]
-    links = [frozenset((i, j) for i, j in shifted(l) if j < pairs[n].n_units[1]) for n, (_, _, l) in enumerate(data)]
-    builder = PromptBuilder(word_tokenizer(), PLAIN)
-    ts = score_heads(planted_gemma3(), word_tokenizer(), builder, pairs, links, False, 4, progress=False).ts()
+@pytest.mark.parametrize("planted, scored", [("own", "predicting"), ("predicting", "own")])
+def test_a_head_planted_on_one_row_convention_fails_on_the_other(planted, scored):
+    """The two conventions are one position apart: scoring on the wrong one must not find the head."""
+    ts = score_toy(planted_gemma3(query_row=planted), query_row=scored).ts()
     assert ts[PLANTED.layer, PLANTED.head] < 0.2
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "gemma4"])
+@pytest.mark.parametrize("query_row", QUERY_ROWS)
+def test_ts_equals_a_brute_force_recount_from_eager_attention(kind, query_row):
+    """Capture + replay on the declared rows gives the hits the model's own attention weights give there."""
+    model = build(kind, vocab_size=len(VOCAB), seed=3)
+    scores = score_toy(model, n_pairs=6, query_row=query_row)
+    assert np.array_equal(scores.hits, brute_force_hits(model, 6, query_row))
+    assert scores.hits.sum() > 0
+
+
+def test_unknown_query_row_is_refused():
+    with pytest.raises(ValueError, match="query_row must be one of own, predicting"):
+        score_toy(planted_gemma3(), n_pairs=2, query_row="next")
 
 
 def test_batching_does_not_change_scores():
@@ -188,13 +223,26 @@ def test_zh_tokens_cover_every_character_they_span(gemma_tok):
 def test_example_rows_and_allowed_keys(gemma_tok):
     builder = PromptBuilder(gemma_tok, PLAIN)
     pair = make_pair(1, "The house is small.", "Das Haus ist klein.", "de")
-    example = build_example(builder, pair, frozenset({(1, 1)}), 0, char_level=False)  # house - Haus
+    example = build_example(builder, pair, frozenset({(1, 1)}), 0, False, query_row="predicting")  # house - Haus
     prompt = builder.render(pair.source, pair.target)
     haus = [p for p, u in target_token_units(prompt, False) if u == {1}]
     assert list(example.rows) == [p - 1 for p in haus]
     house = prompt.source_token_positions[prompt.source_token_units == 1]
     assert set(np.flatnonzero(example.allowed[0])) == set(house.tolist())
-    assert build_example(builder, pair, frozenset(), 0, False) is None
+    assert build_example(builder, pair, frozenset(), 0, False, query_row="predicting") is None
+
+
+def test_own_rows_are_the_predicting_rows_plus_one(gemma_tok):
+    builder = PromptBuilder(gemma_tok, PLAIN)
+    pair = make_pair(1, "The house is small.", "Das Haus ist klein.", "de")
+    links = frozenset({(0, 0), (1, 1), (2, 2), (3, 3)})
+    own = build_example(builder, pair, links, 0, False, query_row="own")
+    predicting = build_example(builder, pair, links, 0, False, query_row="predicting")
+    assert np.array_equal(own.rows, predicting.rows + 1)
+    assert np.array_equal(own.allowed, predicting.allowed) and own.input_ids == predicting.input_ids
+    prompt = builder.render(pair.source, pair.target)
+    assert list(own.rows) == [p for p, _ in target_token_units(prompt, False)]
+    assert own.rows.max() == own.n_tokens - 1  # the last target token ends the teacher-forced sequence
 
 
 # --- Pharaoh files -------------------------------------------------------------------------------
@@ -322,12 +370,16 @@ def test_eflomal_aligns_a_toy_corpus():
 
 # --- the command ---------------------------------------------------------------------------------
 
-@pytest.fixture
-def saved_planted_model(tmp_path):
-    directory = tmp_path / "model"
-    planted_gemma3().save_pretrained(directory)
+def save_planted_model(directory, query_row: str):
+    planted_gemma3(query_row=query_row).save_pretrained(directory)
     word_tokenizer().save_pretrained(directory)
     return directory
+
+
+@pytest.fixture
+def saved_planted_model(tmp_path):
+    """Planted on own rows, the command's default convention."""
+    return save_planted_model(tmp_path / "model", "own")
 
 
 def write_toy_data(tmp_path, n_pairs=10):
@@ -338,20 +390,26 @@ def write_toy_data(tmp_path, n_pairs=10):
     return pairs_path, links_path
 
 
-def test_command_end_to_end(tmp_path, saved_planted_model, caplog):
+def run_command(model_dir, pairs_path, links_path, out, *extra) -> int:
+    return select_heads.main(["--model", str(model_dir), "--model-name", "toy/planted", "--pairs", str(pairs_path),
+                              "--alignments", str(links_path), "--source-lang", "en", "--target-lang", "de",
+                              "--style", "plain", "--out", str(out), "--max-pairs", "8", "--top-k", "2",
+                              "--no-progress", "--dtype", "float32", "--device", "cpu", *extra])
+
+
+def test_command_end_to_end(tmp_path, caplog):
     pairs_path, links_path = write_toy_data(tmp_path)
     out = tmp_path / "out" / "heads.json"
     out.parent.mkdir()
     caplog.set_level(logging.INFO)
-    rc = select_heads.main(["--model", str(saved_planted_model), "--model-name", "toy/planted", "--pairs",
-                            str(pairs_path), "--alignments", str(links_path), "--source-lang", "en",
-                            "--target-lang", "de", "--style", "plain", "--out", str(out), "--max-pairs", "8",
-                            "--top-k", "2", "--no-progress", "--dtype", "float32", "--device", "cpu"])
-    assert rc == 0
+    model_dir = save_planted_model(tmp_path / "model", "predicting")
+    assert run_command(model_dir, pairs_path, links_path, out, "--query-row", "predicting") == 0
     heads = HeadsFile.load(out)
     model = planted_gemma3()
     heads.check_fits(model.config)
     assert heads.model_id == "toy/planted" and heads.direction == "en-de" and heads.top_k == 2
+    assert heads.query_row == "predicting" and json.loads(out.read_text())["query_row"] == "predicting"
+    assert "the query that predicts the token" in heads.calibration["score"]
     assert heads.selected()[0] == PLANTED
     assert len(heads.heads) == 16
     cal = heads.calibration
@@ -360,11 +418,29 @@ def test_command_end_to_end(tmp_path, saved_planted_model, caplog):
     assert set(cal["stability"]) >= {"topk_overlap_mean", "spearman_mean", "top1_agreement"}
     assert cal["scores"]["best"] == 1.0
     tsv = (tmp_path / "out" / "heads.tsv").read_text().splitlines()
-    assert tsv[0] == "rank\tlayer\thead\tscore\thits\tn\ton_source\tts_source_only" and len(tsv) == 17
+    assert tsv[0] == "rank\tlayer\thead\tscore\thits\tn\ton_source\tts_source_only\tquery_row" and len(tsv) == 17
     assert tsv[1].split("\t")[1:4] == ["3", "2", "1.0000"]
-    assert tsv[1].split("\t")[6:] == ["1.0000", "1.0000"]
+    assert tsv[1].split("\t")[6:] == ["1.0000", "1.0000", "predicting"]
     assert (tmp_path / "out" / "heads.png").read_bytes()[:4] == b"\x89PNG"
     assert "best head L3H2" in caplog.text
+
+
+def test_command_scores_own_rows_by_default(tmp_path, saved_planted_model):
+    pairs_path, links_path = write_toy_data(tmp_path)
+    out = tmp_path / "heads.json"
+    assert run_command(saved_planted_model, pairs_path, links_path, out) == 0
+    heads = HeadsFile.load(out)
+    assert heads.query_row == "own" and json.loads(out.read_text())["query_row"] == "own"
+    assert heads.selected()[0] == PLANTED and heads.heads[0].score == 1.0
+    assert "own position" in heads.calibration["score"]
+    assert (tmp_path / "heads.tsv").read_text().splitlines()[1].endswith("\town")
+
+
+def test_command_rejects_an_unknown_query_row(tmp_path, saved_planted_model, capsys):
+    pairs_path, links_path = write_toy_data(tmp_path, n_pairs=3)
+    assert run_command(saved_planted_model, pairs_path, links_path, tmp_path / "h.json", "--query-row", "next") == 2
+    assert "--query-row must be one of own, predicting" in capsys.readouterr().err
+    assert not (tmp_path / "h.json").exists()
 
 
 def test_command_with_the_builtin_aligner(tmp_path, saved_planted_model):

@@ -6,10 +6,13 @@ from alignatt.asr import AsrBackend, Word
 from alignatt.audio import SAMPLE_RATE_HZ
 from alignatt.cascade import PRESETS, Cascade, CascadeOptions
 from alignatt.capture import HeadRef
+from alignatt.guards import GuardOptions
+from alignatt.policy import GateDecision
 from alignatt.prompt import PromptConfig
+from alignatt.source import SourceOptions
 from alignatt.text_units import split_units
 from alignatt.transcriber import TranscriberOptions
-from alignatt.translator import Translator
+from alignatt.translator import DraftResult, Translator
 from tiny_models import build_gemma4_conditional
 
 HEADS = [HeadRef(2, 0), HeadRef(5, 1), HeadRef(1, 3)]
@@ -44,8 +47,8 @@ class SpyTranslator(Translator):
         self.calls.append(("draft", source, n_accessible_units, target_prefix, result.new_text))
         return result
 
-    def finish(self, source, target_prefix="", history=()):
-        text = super().finish(source, target_prefix, history)
+    def finish(self, source, target_prefix="", history=(), must_continue=False):
+        text = super().finish(source, target_prefix, history, must_continue)
         self.calls.append(("finish", source, None, target_prefix, text))
         return text
 
@@ -99,7 +102,8 @@ def test_frontier_is_absolute_time(translator):
     translator.calls.clear()
     words = timeline("First sentence here.", start_s=0.3) + timeline("Then more words follow on", start_s=30.0)
     cascade = Cascade(TimelineAsr(words), translator, CascadeOptions(step_ms=500, min_audio_s=0.5),
-                      TranscriberOptions(max_open_s=60.0))  # no length guard inside the 28 s pause
+                      TranscriberOptions(max_open_s=60.0),  # no length guard inside the 28 s pause
+                      SourceOptions(require_stable=False))  # timing alone: the last word was heard once
     feed(cascade, 31.5, chunk_s=0.5)
     drafts = [c for c in translator.calls if c[0] == "draft" and c[1].startswith("Then")]
     assert drafts, "the open second sentence was drafted"
@@ -130,16 +134,25 @@ class FixedTranslator:
     """Stands in for the LLM where only the cascade's bookkeeping is under test."""
 
     char_level = False
+    guards = GuardOptions()
 
     def __init__(self):
         self.max_source_words = 0
 
     def draft(self, source, n_accessible_units, target_prefix="", history=()):
         self.max_source_words = max(self.max_source_words, len(source.split()))
-        return type("Step", (), {"new_text": "" if target_prefix else " wort"})()
+        return DraftResult(None, (), False, False, None, GateDecision(0, ()), "" if target_prefix else " wort")
 
-    def finish(self, source, target_prefix="", history=()):
+    def finish(self, source, target_prefix="", history=(), must_continue=False):
         return " ende."
+
+    @staticmethod
+    def continuation_text(prompt, token_ids):
+        return ""
+
+    @staticmethod
+    def describe_stop(result):
+        return ""
 
 
 def test_twenty_minute_talk_has_bounded_work():
@@ -159,3 +172,76 @@ def test_twenty_minute_talk_has_bounded_work():
     assert translator.max_source_words <= len(sentence.split())
     assert cascade.heard_s > 19 * 60
     assert cascade.talk.audio.held_samples <= 20 * SAMPLE_RATE_HZ  # audio before the boundary is released
+
+
+class ScriptedTranslator(FixedTranslator):
+    """Writes `first_text` on its first draft and nothing after; records every call."""
+
+    def __init__(self, first_text="", guards=GuardOptions()):
+        super().__init__()
+        self.first_text, self.guards = first_text, guards
+        self.drafts, self.finishes = [], []
+
+    def draft(self, source, n_accessible_units, target_prefix="", history=()):
+        self.drafts.append((source, n_accessible_units, target_prefix))
+        text = self.first_text if len(self.drafts) == 1 else ""
+        return DraftResult(None, (7,), False, False, None, GateDecision(0, ()), text)
+
+    def finish(self, source, target_prefix="", history=(), must_continue=False):
+        self.finishes.append((source, target_prefix, must_continue))
+        return " fertig."
+
+
+def test_open_sentence_is_drafted_without_the_asr_s_full_stop():
+    translator = ScriptedTranslator()
+    cascade = Cascade(TimelineAsr(timeline("Hello world. Then more")), translator,
+                      CascadeOptions(step_ms=250, min_audio_s=0.25))
+    feed(cascade, 1.25)  # "world." (ends at 1.05 s) is in the hypothesis but not yet committed
+    sources = [source for source, _, _ in translator.drafts]
+    assert "Hello world" in sources and not any(s.endswith(".") for s in sources)
+    off = ScriptedTranslator(guards=GuardOptions(strip_open_punctuation=False))
+    feed(Cascade(TimelineAsr(timeline("Hello world. Then more")), off,
+                 CascadeOptions(step_ms=250, min_audio_s=0.25)), 1.25)
+    assert "Hello world." in [source for source, _, _ in off.drafts]
+
+
+def test_unchanged_steps_reuse_the_draft_and_say_so():
+    translator = ScriptedTranslator()
+    cascade = Cascade(TimelineAsr(timeline("And it works")), translator, CascadeOptions(step_ms=250, min_audio_s=0.25))
+    reports = []
+    for _ in range(16):  # 1.45 s of speech, then a pause: the open sentence stops changing
+        cascade.push(np.zeros(SAMPLE_RATE_HZ // 4, dtype=np.float32), SAMPLE_RATE_HZ)
+        reports.append(cascade.last_step)
+    skipped = [r for r in reports if r.draft_skipped]
+    assert skipped and cascade.talk.n_skipped_drafts == len(skipped)
+    drafting = [r for r in reports if r.transcript]  # steps before the first word draft nothing
+    assert len(translator.drafts) + len(skipped) == len(drafting)
+    last = reports[-1]
+    assert last.transcript == "And it works" and last.n_source_units == 3
+    assert last.n_stable_units == 3 and last.n_accessible_units == 3 and last.written == ""
+    # Without the guard every step drafts again.
+    again = ScriptedTranslator(guards=GuardOptions(skip_unchanged_drafts=False))
+    feed(Cascade(TimelineAsr(timeline("And it works")), again, CascadeOptions(step_ms=250, min_audio_s=0.25)), 4.0)
+    assert len(again.drafts) == len(drafting)
+
+
+def test_frontier_excludes_the_word_the_asr_just_added():
+    translator = ScriptedTranslator()
+    cascade = Cascade(TimelineAsr(timeline("we propose a new method for this")), translator,
+                      CascadeOptions(step_ms=400, min_audio_s=0.4))
+    feed(cascade, 2.4, chunk_s=0.4)
+    for report in [cascade.last_step]:
+        assert report.n_accessible_units == report.n_stable_units < report.n_source_units
+    # Each draft's frontier lags what the ASR has: the newest word is not stable yet.
+    assert all(accessible < len(source.split()) for source, accessible, _ in translator.drafts)
+
+
+def test_early_full_stop_makes_the_final_pass_continue():
+    translator = ScriptedTranslator(" Ich bin Sarah.")  # a guard-less translator writing a sentence end early
+    cascade = Cascade(TimelineAsr(timeline("I am Sarah and today I talk about translation.")), translator,
+                      CascadeOptions(step_ms=500, min_audio_s=1.0))
+    units = [u for out in feed(cascade, 5.0) for u in out] + cascade.finish()
+    assert units[:3] == ["Ich", "bin", "Sarah."]
+    source, prefix, must_continue = translator.finishes[0]
+    assert prefix == "Ich bin Sarah." and must_continue  # 9 source units, only ~1 heard when it was written
+    assert units[3:] == ["fertig."]

@@ -1,11 +1,17 @@
-"""The heads file: round trip, shipped defaults, rejection of files that do not fit the model."""
+"""The heads file: round trip, shipped defaults, declared query rows, rejection of files that do not fit the
+model."""
 import json
+import logging
+from pathlib import Path
 
 import pytest
 
 from alignatt.capture import HeadRef
-from alignatt.heads import HeadsFile, HeadScore, HeadsFileError, shipped_heads_path
+from alignatt.heads import (QUERY_ROWS, HeadsFile, HeadScore, HeadsFileError, query_row_position,
+                            shipped_heads_path)
 from tiny_models import build, build_gemma4_conditional
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_heads(**overrides):
@@ -16,12 +22,45 @@ def tiny_heads(**overrides):
     return HeadsFile(**values)
 
 
-def test_round_trip(tmp_path):
-    heads = tiny_heads(revision="main")
+@pytest.mark.parametrize("query_row", QUERY_ROWS)
+def test_round_trip(tmp_path, query_row):
+    heads = tiny_heads(revision="main", query_row=query_row)
     heads.save(tmp_path / "h.json")
+    assert json.loads((tmp_path / "h.json").read_text())["query_row"] == query_row
     loaded = HeadsFile.load(tmp_path / "h.json")
     assert loaded == heads
+    assert loaded.query_row == query_row
     assert loaded.selected() == (HeadRef(2, 1), HeadRef(5, 0))
+
+
+def test_new_files_default_to_own_rows():
+    assert tiny_heads().query_row == "own"
+
+
+def test_file_without_query_row_is_read_as_predicting_with_one_warning(caplog):
+    data = tiny_heads().to_dict()
+    del data["query_row"]
+    caplog.set_level(logging.WARNING, logger="alignatt.heads")
+    assert HeadsFile.from_dict(data).query_row == "predicting"
+    warnings = [r for r in caplog.records if "no query_row" in r.getMessage()]
+    assert len(warnings) == 1 and "tiny/gemma4 en-de" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("value", ["predict", "OWN", "", None, 1])
+def test_unknown_query_row_is_rejected(value):
+    data = tiny_heads().to_dict()
+    data["query_row"] = value
+    with pytest.raises(HeadsFileError, match="query_row must be one of own, predicting"):
+        HeadsFile.from_dict(data)
+    with pytest.raises(HeadsFileError, match="query_row must be one of own, predicting"):
+        tiny_heads(query_row=value)
+
+
+def test_query_row_position():
+    assert query_row_position(10, "own") == 10
+    assert query_row_position(10, "predicting") == 9
+    with pytest.raises(HeadsFileError, match="query_row"):
+        query_row_position(10, "next")
 
 
 def test_fits_the_model_it_was_made_for():
@@ -73,6 +112,18 @@ def test_shipped_published_gemma4_heads(direction, top4):
     assert [(h.layer, h.head) for h in heads.selected()] == top4
     assert (heads.num_hidden_layers, heads.num_attention_heads) == (42, 8)
     assert "published" in heads.calibration["provenance"]
+    assert heads.query_row == "own"  # the reference scored its heads on each token's own row
+
+
+@pytest.mark.parametrize("path", ["calibration/results/gemma-3-270m.en-de.json",
+                                  "eval/results/proxy/inputs/gemma-3-270m.en-de.heads.json"])
+def test_committed_calibration_runs_declare_predicting_rows(path, caplog):
+    """These runs predate the key; their calibration metadata says they scored the predicting row."""
+    caplog.set_level(logging.WARNING, logger="alignatt.heads")
+    heads = HeadsFile.load(REPO / path)
+    assert heads.query_row == "predicting"
+    assert "the query that predicts the token" in heads.calibration["score"]
+    assert "no query_row" not in caplog.text
 
 
 def test_no_shipped_file_for_unknown_models():

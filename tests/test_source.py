@@ -7,9 +7,10 @@ from alignatt.text_units import split_units
 from alignatt.transcriber import Sentence, TranscriptUpdate
 
 
-def update(committed=(), tail=(), boundary_s=0.0):
+def update(committed=(), tail=(), boundary_s=0.0, n_stable=None):
+    """An update whose tail is all stable unless `n_stable` says otherwise."""
     sentences = tuple(Sentence(tuple(words), "agreed") for words in committed)
-    return TranscriptUpdate(sentences, tuple(tail), boundary_s)
+    return TranscriptUpdate(sentences, tuple(tail), boundary_s, len(tail) if n_stable is None else n_stable)
 
 
 def test_units_match_the_text_units_and_carry_word_end_times():
@@ -91,3 +92,29 @@ def test_committed_sentences_queue_until_consumed():
 def test_negative_margin_is_rejected():
     with pytest.raises(ValueError):
         SourceOptions(margin_ms=-1)
+
+
+def test_unstable_units_are_not_accessible_however_long_ago_they_ended():
+    tail = [Word("we", 0.0, 0.3), Word("propose", 0.4, 0.9), Word("a", 1.0, 1.1), Word("method", 1.2, 1.6)]
+    state = SourceState(SourceOptions(margin_ms=0, require_stable=True))
+    state.apply(update(tail=tail, n_stable=2))
+    assert state.open_sentence.n_stable_units == 2
+    assert state.accessible_units(10.0) == 2  # "a method" changed in the last hypothesis
+    loose = SourceState(SourceOptions(margin_ms=0, require_stable=False))
+    loose.apply(update(tail=tail, n_stable=2))
+    assert loose.accessible_units(10.0) == 4
+
+
+def test_frontier_needs_both_stability_and_the_margin():
+    tail = [Word("we", 0.0, 0.3), Word("propose", 0.4, 0.9), Word("a", 1.0, 1.1), Word("method", 1.2, 1.6)]
+    state = SourceState(SourceOptions(margin_ms=500, require_stable=True))
+    state.apply(update(tail=tail, n_stable=3))
+    assert state.accessible_units(1.55) == 2  # "a" ended at 1.1 s: 0.5 s of audio follows it only at 1.6 s
+    assert state.accessible_units(1.6) == 3
+    assert state.accessible_units(5.0) == 3  # "method" is unstable
+
+
+def test_committed_sentences_are_stable():
+    state = SourceState()
+    state.apply(update(committed=[[Word("Done.", 0.0, 0.5)]], tail=[], n_stable=0))
+    assert all(u.stable for u in state.pop_committed().units)

@@ -4,7 +4,7 @@ import pytest
 
 from alignatt.asr import AsrBackend, Word
 from alignatt.audio import SAMPLE_RATE_HZ, AudioBuffer
-from alignatt.source import SourceState
+from alignatt.source import SourceOptions, SourceState
 from alignatt.transcriber import (
     IncrementalTranscriber,
     TranscriberOptions,
@@ -186,7 +186,7 @@ def test_second_sentence_times_are_absolute_and_gate_the_frontier():
     second = [Word("Next", 30.0, 31.0), Word("words", 31.1, 31.6), Word("here", 31.7, 32.2)]
     backend = TalkBackend(first + second)
     transcriber = IncrementalTranscriber(backend)
-    source = SourceState()
+    source = SourceState(SourceOptions(require_stable=False))  # timing only: the tail was heard once
     buffer = AudioBuffer()
     for time_s in (29.95, 30.0, 32.5):
         grow(buffer, time_s)
@@ -200,3 +200,26 @@ def test_second_sentence_times_are_absolute_and_gate_the_frontier():
     assert source.accessible_units(30.5) == 0
     assert source.accessible_units(31.0) == 1
     assert source.accessible_units(32.2) == 3
+
+
+def test_stable_tail_words_are_those_two_hypotheses_agree_on():
+    first = words("we propose a")
+    second = words("We propose the new")  # casing differs: still agreed; "a" -> "the" is not
+    third = words("we propose the new method. And")  # agrees on 4, commits the sentence, "And" is new
+    fourth = words("And then")
+    transcriber = IncrementalTranscriber(ScriptedBackend([first, second, third, fourth]))
+    buffer = AudioBuffer()
+    stable = [u.n_stable_tail_words for u in run_updates(transcriber, buffer, [1.0, 2.0, 3.0, 4.0])]
+    assert stable[:2] == [0, 2]
+    # "method." was new in the third hypothesis, so nothing commits yet and its 4 first words are stable.
+    assert stable[2] == 4
+    assert stable[3] == 0  # a fresh hypothesis "And then" vs the previous "... method. And": no shared start
+
+
+def test_stable_count_after_a_commit_counts_from_the_new_boundary():
+    hypotheses = [words("Hello there. We"), words("Hello there. We go"), words("We go on")]
+    transcriber = IncrementalTranscriber(ScriptedBackend(hypotheses))
+    updates = run_updates(transcriber, AudioBuffer(), [1.0, 2.0, 3.0])
+    assert [s.text for s in updates[1].committed] == ["Hello there."]
+    assert [w.text for w in updates[1].tail] == ["We", "go"] and updates[1].n_stable_tail_words == 1
+    assert updates[2].n_stable_tail_words == 2  # "We go" agreed with the tail left after the commit

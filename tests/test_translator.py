@@ -1,14 +1,17 @@
 """The translator end to end on tiny random-init models with real tokenizers."""
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from alignatt.capture import HeadRef
+from alignatt.guards import GuardOptions
 from alignatt.heads import HeadsFile, HeadScore, HeadsFileError
 from alignatt.policy import PolicyConfig, complete_units_text
 from alignatt.prompt import PromptConfig
 from alignatt.translator import Translator, TranslatorConfig
-from eval.offline_tokenizers import gemma_tokenizer
+from eval.offline_tokenizers import gemma_tokenizer, qwen_tokenizer
 from tiny_models import build_gemma4_conditional, build_qwen3
 
 HEADS = [HeadRef(2, 0), HeadRef(5, 1), HeadRef(1, 3), HeadRef(4, 2)]  # full, KV-shared full, sliding, shared
@@ -51,11 +54,90 @@ def test_attention_masses_partition_each_row(translator):
     assert attention.source.shape[0] == len(HEADS)
 
 
-def test_fully_heard_source_accepts_the_whole_draft(translator):
+def judged_tokens(result, query_row):
+    """Draft tokens that have a row to be judged by: under "own" the last generated token was never fed back."""
+    n = len(result.draft_ids)
+    return n if query_row == "predicting" or result.ended else n - 1
+
+
+@pytest.mark.parametrize("query_row", ["own", "predicting"])
+def test_fully_heard_source_accepts_every_judged_token(gemma_model, gemma_tok, query_row):
+    translator = Translator(gemma_model, gemma_tok, HEADS, PromptConfig(target_lang="de"), query_row=query_row,
+                            guards=GuardOptions(hold_sentence_end=False))
     result = translator.draft(SOURCE, len(SOURCE.split()), "")
-    assert result.gate.n_accepted_tokens == len(result.draft_ids)
-    full = translator.continuation_text(result.prompt, result.draft_ids)
-    assert result.new_text == complete_units_text(full, "" if result.ended else None, False)
+    assert result.gate.n_accepted_tokens == len(result.gate.verdicts) == judged_tokens(result, query_row)
+    accepted = translator.continuation_text(result.prompt, result.draft_ids[: result.gate.n_accepted_tokens])
+    rest = translator.continuation_text(result.prompt, result.draft_ids)[len(accepted):]
+    expected = complete_units_text(accepted, rest if rest else ("" if result.may_end else None), False)
+    assert result.new_text == expected
+
+
+def eager_attention(model, ids):
+    eager = copy.deepcopy(model)
+    eager.set_attn_implementation("eager")
+    with torch.no_grad():
+        return eager(torch.tensor([ids]), output_attentions=True).attentions
+
+
+@pytest.mark.parametrize("query_row", ["own", "predicting"])
+def test_gate_reads_the_model_s_own_attention_on_the_declared_rows(gemma_model, gemma_tok, query_row):
+    translator = Translator(gemma_model, gemma_tok, HEADS, PromptConfig(target_lang="de"), query_row=query_row)
+    result = translator.draft(SOURCE, 5, "Wir")
+    prompt, n = result.prompt, judged_tokens(result, query_row)
+    reference = eager_attention(gemma_model, list(prompt.input_ids) + list(result.draft_ids))
+    # Row of draft token t (at position n_tokens + t): its own position, or the one before it.
+    rows = np.arange(n) + prompt.n_tokens - (1 if query_row == "predicting" else 0)
+    for h, ref in enumerate(HEADS):
+        expected = reference[ref.layer][0, ref.head][rows][:, prompt.source_token_positions].numpy()
+        assert np.allclose(result.attention.source[h, :n], expected, atol=2e-5)
+    assert result.attention.n_rows >= n
+
+
+def test_end_of_turn_is_a_stop_id_even_if_the_generation_config_omits_it(gemma_model, gemma_tok):
+    gemma_model.generation_config.eos_token_id = 1  # only <eos>, as some checkpoints ship it
+    translator = Translator(gemma_model, gemma_tok, HEADS, PromptConfig(target_lang="de"))
+    assert gemma_tok.convert_tokens_to_ids("<end_of_turn>") in translator._eos_ids
+    qwen_model = build_qwen3(len(qwen_tokenizer()))
+    qwen = Translator(qwen_model, qwen_tokenizer(), [HeadRef(0, 1)], PromptConfig(target_lang="it"))
+    assert qwen_tokenizer().convert_tokens_to_ids("<|im_end|>") in qwen._eos_ids
+
+
+def eos_first_model(gemma_tok):
+    """A tiny model whose greedy translation always ends at once (the EOS logit dominates)."""
+    model = build_gemma4_conditional(vocab_size=len(gemma_tok), seed=1)
+    end_ids = [1, gemma_tok.convert_tokens_to_ids("<end_of_turn>")]
+
+    def favour_end(module, inputs, output):
+        output[..., end_ids] += 1000.0
+        return output
+
+    model.lm_head.register_forward_hook(favour_end)
+    return model
+
+
+def test_final_pass_after_an_early_full_stop_goes_on(gemma_tok):
+    translator = Translator(eos_first_model(gemma_tok), gemma_tok, HEADS, PromptConfig(target_lang="de"))
+    source = "I am Sarah and today I will talk about machine translation."
+    assert translator.finish(source, "Ich bin Sarah.") == ""  # the model would stop after the early full stop
+    rest = translator.finish(source, "Ich bin Sarah.", must_continue=True)
+    assert rest.strip(), "the rest of the source sentence must still be translated"
+
+
+def test_draft_end_is_held_while_the_sentence_is_open(gemma_tok):
+    model = eos_first_model(gemma_tok)
+    hold = Translator(model, gemma_tok, HEADS, PromptConfig(target_lang="de"))
+    published = Translator(model, gemma_tok, HEADS, PromptConfig(target_lang="de"),
+                           guards=GuardOptions(hold_draft_end=False))
+    # A one-token draft that ends: held back by default, written when the guard is off.
+    first = hold.draft(SOURCE, len(SOURCE.split()), "Wir")
+    assert first.ended and not first.may_end
+    assert published.draft(SOURCE, len(SOURCE.split()), "Wir").may_end
+
+
+def test_finish_budget_grows_with_the_source(gemma_model, gemma_tok):
+    from alignatt.guards import final_pass_budget
+
+    assert final_pass_budget(2, 160) == 32 and final_pass_budget(20, 160) == 84 and final_pass_budget(60, 160) == 160
 
 
 def test_nothing_heard_accepts_nothing(gemma_model, gemma_tok):

@@ -1,0 +1,83 @@
+"""Guards against premature sentence endings and lost content, shared by every simultaneous policy.
+
+A translator that sees a source prefix likes to finish it: an ASR hypothesis of a partial sentence often ends
+in a full stop, and a draft often ends (EOS, end of turn) where the heard source ends. Written text is final,
+so one premature full stop would make every later draft continue a finished sentence. The guards:
+- the open sentence enters the prompt without the trailing sentence-final punctuation the ASR put there;
+- while the source sentence is open, a draft's end does not complete its last unit, and written text never
+  ends in sentence-final punctuation (a full stop inside the text, followed by more, is fine);
+- the final pass of a committed sentence is made to continue when the accepted text ended a sentence before the
+  whole source had been heard, and it drops a continuation that repeats the end of the accepted text.
+All functions here are pure.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from alignatt.text_units import split_units, unit_spans
+
+SENTENCE_FINAL_CHARS = ".!?。！？…"
+_CLOSERS = "\"'”’»)]}」』"
+
+
+@dataclass(frozen=True)
+class GuardOptions:
+    strip_open_punctuation: bool = field(default=True, metadata={
+        "help": "drop the sentence-final punctuation the ASR puts at the end of the open sentence before drafting"})
+    hold_draft_end: bool = field(default=True, metadata={
+        "help": "while the sentence is open, a draft that ends (EOS, end of turn, line break) keeps its last unit"})
+    hold_sentence_end: bool = field(default=True, metadata={
+        "help": "while the sentence is open, written text never ends in sentence-final punctuation"})
+    skip_unchanged_drafts: bool = field(default=True, metadata={
+        "help": "reuse the last draft when source, frontier and accepted text are unchanged (greedy repeats it)"})
+    min_repeat_units: int = field(default=2, metadata={
+        "help": "the final pass drops a continuation that starts by repeating at least this many of the last "
+                "written units (0: off)"})
+
+    def __post_init__(self):
+        if self.min_repeat_units < 0:
+            raise ValueError(f"min_repeat_units must be >= 0, got {self.min_repeat_units}")
+
+
+def ends_sentence(text: str) -> bool:
+    """True when `text` ends in sentence-final punctuation (closing quotes and brackets looked through)."""
+    return text.rstrip().rstrip(_CLOSERS).endswith(tuple(SENTENCE_FINAL_CHARS))
+
+
+def strip_sentence_final(text: str) -> str:
+    """`text` without trailing sentence-final punctuation (and the closers after it): 'talk.' -> 'talk'."""
+    stripped = text.rstrip()
+    while stripped and ends_sentence(stripped):
+        stripped = stripped.rstrip(_CLOSERS).rstrip(SENTENCE_FINAL_CHARS).rstrip()
+    return stripped
+
+
+def hold_sentence_end(text: str, char_level: bool) -> str:
+    """The longest prefix of `text` (whole units) that does not end in sentence-final punctuation."""
+    spans = unit_spans(text, char_level)
+    while spans and ends_sentence(text[: spans[-1][1]]):
+        spans.pop()
+    return text[: spans[-1][1]] if spans else ""
+
+
+def _unit_key(unit: str) -> str:
+    return "".join(ch for ch in unit.casefold() if ch.isalnum())
+
+
+def trim_repeated_start(prefix: str, continuation: str, char_level: bool, min_units: int) -> str:
+    """Drop the start of `continuation` when it repeats the last k >= min_units units of `prefix` (the longest
+    such k; compared without case and punctuation). A model asked to continue sometimes restarts the clause."""
+    if min_units <= 0:
+        return continuation
+    before = [_unit_key(u) for u in split_units(prefix, char_level)]
+    spans = unit_spans(continuation, char_level)
+    after = [_unit_key(continuation[a:b]) for a, b in spans]
+    for k in range(min(len(before), len(after)), min_units - 1, -1):
+        if before[-k:] == after[:k] and any(before[-k:]):
+            return continuation[spans[k - 1][1]:] if k < len(spans) else ""
+    return continuation
+
+
+def final_pass_budget(n_source_tokens: int, max_tokens: int) -> int:
+    """Token budget for finishing a committed sentence: grows with the source, bounded by `max_tokens`."""
+    return min(max_tokens, max(32, 3 * n_source_tokens + 24))

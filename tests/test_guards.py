@@ -1,0 +1,45 @@
+"""The guards against premature sentence ends and lost content, as pure functions."""
+import pytest
+
+from alignatt.guards import (GuardOptions, ends_sentence, final_pass_budget, hold_sentence_end, strip_sentence_final,
+                             trim_repeated_start)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("we propose a method.", "we propose a method"),
+    ("is it?", "is it"),
+    ('he said "stop."', 'he said "stop'),
+    ("wait...", "wait"),
+    ("Hello, world", "Hello, world"),
+    ("好的。", "好的"),
+    (".", ""),
+])
+def test_strip_sentence_final(text, expected):
+    assert strip_sentence_final(text) == expected
+
+
+def test_hold_sentence_end_keeps_inner_full_stops_only():
+    assert hold_sentence_end(" Ich bin Sarah.", False) == " Ich bin"
+    assert hold_sentence_end(" Ich bin Sarah. Heute", False) == " Ich bin Sarah. Heute"
+    assert hold_sentence_end(" Ja. Nein!", False) == ""
+    assert hold_sentence_end(" Ja, gut", False) == " Ja, gut"
+    assert hold_sentence_end("我是萨拉。", True) == "我是萨拉"
+    assert ends_sentence("Sarah.”") and not ends_sentence("Sarah,")
+
+
+def test_trim_repeated_start():
+    assert trim_repeated_start("Ich bin Sarah", " bin Sarah und heute", False, 2) == " und heute"
+    assert trim_repeated_start("Ich bin Sarah.", " Bin Sarah, und", False, 2) == " und"  # case, punctuation ignored
+    # German relative clauses repeat one word legitimately ("die die"): one unit is below the default of 2.
+    assert trim_repeated_start("Leute, die", " die Arbeit machen", False, 2) == " die Arbeit machen"
+    assert trim_repeated_start("Leute, die", " die Arbeit", False, 0) == " die Arbeit"
+    assert trim_repeated_start("a b", " a b", False, 2) == ""
+
+
+def test_final_pass_budget():
+    assert [final_pass_budget(n, 160) for n in (0, 3, 20, 50)] == [32, 33, 84, 160]
+
+
+def test_guard_options_reject_negative_repeat():
+    with pytest.raises(ValueError):
+        GuardOptions(min_repeat_units=-1)
