@@ -26,6 +26,8 @@ def test_bench_decode_tiny(tmp_path, capsys):
     assert report["decoder"]["reused_prompt_tokens"] == 80 - 32
     assert report["replay_ms_per_draft"] > 0
     assert report["replay_vs_teacher_forced_max_abs"] < 1e-4  # fp32 on CPU
+    assert len(report["eager_replay_vs_teacher_forced_per_head"]) == len(report["heads"])
+    assert max(report["eager_replay_vs_teacher_forced_per_head"]) < 1e-4
     assert "compiled_capture_over_compiled_plain" in capsys.readouterr().out
 
 
