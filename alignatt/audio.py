@@ -5,11 +5,12 @@ Input handling (defined behaviour, not guesses):
   wrapper, so chunk boundaries leave no clicks and the time base does not drift (the output equals resampling the
   whole stream at once). The rate is fixed by the first non-empty chunk; a different rate later is an error.
 - channels: 1-D input is mono. 2-D input is (frames, channels), the layout soundfile returns; it is downmixed to
-  mono by averaging, with one logged warning per buffer. More than `MAX_CHANNELS` columns is rejected as a likely
-  transposed (channels, frames) array.
+  mono by averaging. More than `MAX_CHANNELS` columns is rejected as a likely transposed (channels, frames) array.
 - dtype: float32 is used as is, float64 is narrowed, int16 PCM is scaled to [-1, 1); any other dtype (int32, uint8,
   bool, ...) raises TypeError because its full-scale value is ambiguous.
-- NaN / inf samples are replaced by 0.0 with a logged warning (a single bad sample must not kill a 2-hour talk).
+- NaN / inf samples are replaced by 0.0 (a single bad sample must not kill a 2-hour talk), and float samples
+  beyond full scale are clipped to [-1, 1] (the ASR's features assume it).
+Each of these repairs is logged once per buffer (one talk), not once per chunk.
 - an empty chunk is a no-op.
 
 Memory is O(audio kept): samples live in one preallocated numpy array whose capacity doubles when full (amortised
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -34,8 +36,17 @@ MAX_CHANNELS = 8
 _INT16_FULL_SCALE = 32768.0
 
 
-def to_float32_mono(chunk: np.ndarray | Sequence[float]) -> np.ndarray:
-    """Validate one chunk and return it as 1-D float32 samples (no resampling)."""
+@dataclass(frozen=True)
+class Repairs:
+    """What `sanitise` changed in one chunk."""
+
+    n_channels: int  # channels averaged into mono (1: none)
+    n_nonfinite: int  # NaN / inf samples set to 0
+    n_clipped: int  # samples beyond full scale clipped
+
+
+def sanitise(chunk: np.ndarray | Sequence[float]) -> tuple[np.ndarray, Repairs]:
+    """Validate one chunk and return it as 1-D float32 samples in [-1, 1] (no resampling), with its repairs."""
     samples = np.asarray(chunk)
     if samples.ndim not in (1, 2):
         raise ValueError(f"audio chunk must be 1-D (mono) or 2-D (frames, channels); got shape {samples.shape}")
@@ -46,12 +57,22 @@ def to_float32_mono(chunk: np.ndarray | Sequence[float]) -> np.ndarray:
         )
     samples = _to_float32(samples)
     bad = ~np.isfinite(samples)
-    if bad.any():
-        logger.warning("replacing %d non-finite audio samples (NaN/inf) with 0.0", int(bad.sum()))
+    n_nonfinite = int(bad.sum())
+    if n_nonfinite:
         samples = np.where(bad, np.float32(0.0), samples)
+    loud = np.abs(samples) > 1.0
+    n_clipped = int(loud.sum())
+    if n_clipped:
+        samples = np.clip(samples, -1.0, 1.0)
+    n_channels = samples.shape[1] if samples.ndim == 2 else 1
     if samples.ndim == 2:
         samples = samples.mean(axis=1, dtype=np.float32)
-    return samples
+    return samples, Repairs(n_channels, n_nonfinite, n_clipped)
+
+
+def to_float32_mono(chunk: np.ndarray | Sequence[float]) -> np.ndarray:
+    """`sanitise` without the report."""
+    return sanitise(chunk)[0]
 
 
 def _to_float32(samples: np.ndarray) -> np.ndarray:
@@ -126,7 +147,7 @@ class AudioBuffer:
         self._origin = 0  # absolute index of the first sample still held
         self._input_rate_hz: int | None = None
         self._resampler: StreamResampler | None = None
-        self._warned_stereo = False
+        self._warned: set[str] = set()  # repairs already logged for this buffer (one talk)
 
     @property
     def num_samples(self) -> int:
@@ -146,15 +167,26 @@ class AudioBuffer:
         raw = np.asarray(chunk)
         if raw.size == 0:
             return 0
-        if raw.ndim == 2 and raw.shape[1] > 1 and not self._warned_stereo:
-            logger.warning("multi-channel audio (%d channels): downmixing to mono by averaging", raw.shape[1])
-            self._warned_stereo = True
-        samples = to_float32_mono(raw)
+        samples, repairs = sanitise(raw)
+        self._log_repairs(repairs)
         self._check_rate(sample_rate_hz)
         if self._resampler is not None:
             samples = self._resampler.process(samples)
         self._write(samples)
         return len(samples)
+
+    def _log_repairs(self, repairs: Repairs) -> None:
+        """One warning per kind of repair and talk: a long bad stream must not flood the log."""
+        notes = {"channels": (repairs.n_channels > 1, f"multi-channel audio ({repairs.n_channels} channels): "
+                                                      "downmixing to mono by averaging"),
+                 "nonfinite": (repairs.n_nonfinite > 0, f"replacing {repairs.n_nonfinite} non-finite audio samples "
+                                                        "(NaN/inf) with 0.0; later ones are replaced silently"),
+                 "clipped": (repairs.n_clipped > 0, f"clipping {repairs.n_clipped} samples beyond full scale to "
+                                                    "[-1, 1]; later ones are clipped silently")}
+        for kind, (happened, message) in notes.items():
+            if happened and kind not in self._warned:
+                logger.warning(message)
+                self._warned.add(kind)
 
     def finish(self) -> int:
         """End of stream: write out what the resampler still holds back. Returns samples added."""

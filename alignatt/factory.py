@@ -12,6 +12,7 @@ import logging
 from types import SimpleNamespace
 
 from alignatt.asr import BACKENDS, load_backend
+from alignatt.asr_cache import CachedAsr
 from alignatt.baselines import PolicySelection, make_policy
 from alignatt.cascade import PRESETS, Cascade, CascadeOptions
 from alignatt.decoding import DecodeConfig
@@ -57,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heads", default=None,
                         help="heads JSON (default: the shipped file for --mt-model-id and the direction)")
     parser.add_argument("--asr-backend", choices=BACKENDS, default="qwen3", help="ASR backend")
+    parser.add_argument("--asr-cache-dir", default=None,
+                        help="answer repeated ASR windows from this folder (sweeps: the ASR side does not depend "
+                             "on the policy); computation-aware latency still counts the recorded ASR time")
     parser.add_argument("--few-shot-file", default=None,
                         help="JSONL of {src_ref, tgt_ref} examples for --style plain prompts")
     for cls, prefix in _option_groups():
@@ -64,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def known_option_names() -> set[str]:
-    names = {"preset", "gate", "heads", "asr_backend", "few_shot_file"}
+    names = {"preset", "gate", "heads", "asr_backend", "asr_cache_dir", "few_shot_file"}
     for cls, prefix in _option_groups():
         names |= {(prefix + f.name).replace("-", "_") for f in dataclasses.fields(cls)}
     return names
@@ -115,6 +119,8 @@ def build_cascade(args) -> Cascade:
                                             read_few_shot(getattr(args, "few_shot_file", None)),
                                             dataclass_from_args(DecodeConfig, args, prefix="mt-"), guards)
     backend = load_backend(backend_name, backend_options)
+    if getattr(args, "asr_cache_dir", None):
+        backend = CachedAsr(backend, args.asr_cache_dir, identity=f"{backend_name}:{backend_options!r}")
     # Warm up only once every model exists: constructing a model of a new class invalidates compiled graphs.
     translator.warm_up()
     backend.warm_up()

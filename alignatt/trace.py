@@ -13,7 +13,7 @@ from alignatt.heads import HeadsFile, HeadsFileError, shipped_heads_path
 from alignatt.decoding import DecodeConfig
 from alignatt.options import add_dataclass_arguments, dataclass_from_args
 from alignatt.policy import PolicyConfig
-from alignatt.prompt import PromptConfig
+from alignatt.prompt import PromptConfig, read_few_shot
 from alignatt.translator import DraftResult, Translator, TranslatorConfig
 
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="number of source words already heard (default: all)")
     parser.add_argument("--prefix", default="", help="target text accepted so far")
     parser.add_argument("--heads", default=None, help="heads JSON (default: the shipped file for the model)")
+    parser.add_argument("--few-shot-file", default=None, help="JSONL of {src_ref, tgt_ref} for --style plain")
     add_dataclass_arguments(parser, TranslatorConfig)
     add_dataclass_arguments(parser, PromptConfig)
     add_dataclass_arguments(parser, PolicyConfig)
@@ -44,8 +45,13 @@ def format_trace(result: DraftResult, translator: Translator) -> str:
             lines.append(f"{i:>3} {piece:<16} {str(list(v.head_units)):<24} {v.aligned_unit:>6.1f} "
                          f"{v.inaccessible_mass:>6.3f}  {verdict}")
         else:
-            lines.append(f"{i:>3} {piece:<16} {'':<24} {'':>6} {'':>6}  (after stop)")
-    lines.append(f"draft ended: {result.ended}")
+            stopped = result.gate.verdicts and not result.gate.verdicts[-1].accepted
+            # Under "own" rows the last token was never fed back: it has no row and waits for the next draft.
+            lines.append(f"{i:>3} {piece:<16} {'':<24} {'':>6} {'':>6}  "
+                         f"{'(after stop)' if stopped else '(no row yet)'}")
+    lines.append(f"draft ended: {result.ended}; rows: {translator.query_row}")
+    if translator.describe_stop(result):
+        lines.append(f"stopped: {translator.describe_stop(result)}")
     lines.append(f"accepted text: {result.prompt.target_prefix!r} + {result.new_text!r}")
     return "\n".join(lines)
 
@@ -60,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             config.model_id, f"{prompt_config.source_lang}-{prompt_config.target_lang}"))
         # One draft: compiling the decoder would cost more than it saves.
         translator = Translator.from_pretrained(config, heads, prompt_config, dataclass_from_args(PolicyConfig, args),
-                                                decode_config=DecodeConfig(decode="eager"))
+                                                read_few_shot(args.few_shot_file), DecodeConfig(decode="eager"))
     except HeadsFileError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -5,7 +5,8 @@
 
 One simuleval run per talk (the whole talk wav is one instance: long-form), written to
 OUT/RUN/talks/NAME/ (instances.log, steps.jsonl, simuleval.log); a talk whose instances.log exists is skipped,
-so an interrupted run resumes. The talks' logs are merged and scored together (OmniSTEval longform: BLEU, chrF,
+so an interrupted run resumes. `--one-process` runs the pending talks as the instances of one simuleval
+process (models loaded once) and then splits its logs per talk. The talks' logs are merged and scored together (OmniSTEval longform: BLEU, chrF,
 LongYAAL CU and CA, XCOMET-XL where its weights exist; StreamLAAL with SimulStream's scorer) and the row
 lands in OUT/RUN.json and OUT/results.tsv (RUN = LANG.PRESET.POLICY, e.g. de.low.wait-k3).
 Flags the runner does not know go to the agent unchanged.
@@ -65,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--comet-model", default=XCOMET,
                         help="COMET model for OmniSTEval, used only if already cached; '' turns COMET off")
     parser.add_argument("--talk-timeout-s", type=float, default=None, help="give up on a talk after this long")
+    parser.add_argument("--one-process", action="store_true",
+                        help="run all pending talks in one simuleval process (models loaded once)")
     return parser
 
 
@@ -112,29 +115,58 @@ class Run:
                 "--no-progress-bar", "--no-scoring", "--target-lang", self.args.lang, "--preset", self.args.preset,
                 "--policy", self.args.policy, "--wait-k", str(self.args.wait_k), *self.agent_flags]
 
+    def _simuleval(self, talks: list[str], folder: Path) -> tuple[list[str], float]:
+        """simuleval over `talks` (one instance each) into `folder`; returns the command and its wall time."""
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        (folder / "source.txt").write_text("".join(f"{self.wav(t)}\n" for t in talks), encoding="utf-8")
+        joiner = "" if self.char_level else " "
+        (folder / "target.txt").write_text(
+            "".join(joiner.join(self.data.talk_lines(t, self.args.lang)) + "\n" for t in talks), encoding="utf-8")
+        command = self.simuleval_command(folder)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        timeout_s = self.args.talk_timeout_s * len(talks) if self.args.talk_timeout_s else None
+        start = time.perf_counter()
+        with (folder / "simuleval.log").open("w", encoding="utf-8") as log:
+            done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env, timeout=timeout_s)
+        wall_s = time.perf_counter() - start
+        if done.returncode != 0 or not (folder / "instances.log").is_file():
+            tail = (folder / "simuleval.log").read_text(encoding="utf-8")[-3000:]
+            raise RuntimeError(f"simuleval failed on {', '.join(talks)} (exit {done.returncode}); "
+                               f"log: {folder / 'simuleval.log'}\n{tail}")
+        return command, wall_s
+
     def run_talk(self, talk: str) -> None:
         """simuleval on one talk, in a scratch folder renamed into place only once it succeeded."""
         partial = self.talk_dir(talk).with_name(talk + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        (partial / "source.txt").write_text(f"{self.wav(talk)}\n", encoding="utf-8")
-        joiner = "" if self.char_level else " "
-        (partial / "target.txt").write_text(joiner.join(self.data.talk_lines(talk, self.args.lang)) + "\n",
-                                            encoding="utf-8")
-        command = self.simuleval_command(partial)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-        start = time.perf_counter()
-        with (partial / "simuleval.log").open("w", encoding="utf-8") as log:
-            done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env,
-                                  timeout=self.args.talk_timeout_s)
-        wall_s = time.perf_counter() - start
-        if done.returncode != 0 or not (partial / "instances.log").is_file():
-            tail = (partial / "simuleval.log").read_text(encoding="utf-8")[-3000:]
-            raise RuntimeError(f"simuleval failed on {talk} (exit {done.returncode}); "
-                               f"log: {partial / 'simuleval.log'}\n{tail}")
+        command, wall_s = self._simuleval([talk], partial)
         (partial / "run.json").write_text(json.dumps({"command": shlex.join(command), "wall_s": round(wall_s, 1)},
                                                      indent=2) + "\n", encoding="utf-8")
         partial.rename(self.talk_dir(talk))
+
+    def run_talks_together(self, talks: list[str]) -> None:
+        """simuleval on several talks in one process, then each talk's logs in its own folder, as `run_talk`
+        leaves them (wall time shared out by audio length)."""
+        batch = self.dir / "batch.partial"
+        command, wall_s = self._simuleval(talks, batch)
+        instances = sorted((json.loads(line) for line in (batch / "instances.log").read_text().splitlines()),
+                           key=lambda instance: instance["index"])
+        steps = [json.loads(line) for line in (batch / "steps.jsonl").read_text().splitlines()]
+        durations = [soundfile.info(str(self.wav(t))).duration for t in talks]
+        for index, talk in enumerate(talks):
+            partial = self.talk_dir(talk).with_name(talk + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+            (partial / "instances.log").write_text(json.dumps(instances[index], ensure_ascii=False) + "\n",
+                                                   encoding="utf-8")
+            (partial / "steps.jsonl").write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in steps
+                                                         if s["instance"] == index), encoding="utf-8")
+            share_s = wall_s * durations[index] / sum(durations)
+            (partial / "run.json").write_text(json.dumps({"command": shlex.join(command), "wall_s": round(share_s, 1),
+                                                          "batched_talks": len(talks)}, indent=2) + "\n",
+                                              encoding="utf-8")
+            partial.rename(self.talk_dir(talk))
+        shutil.rmtree(batch)
 
     def write_references(self) -> tuple[Path, Path, Path]:
         """Segmentation, references and sources of the selected talks, in talk order."""
@@ -212,7 +244,9 @@ def main(argv=None) -> dict:
     if len(pending) < len(run.talks):
         logger.info("%s: %d of %d talks already done, skipped", run.name, len(run.talks) - len(pending),
                     len(run.talks))
-    for talk in tqdm(pending, desc=run.name, unit="talk"):
+    if args.one_process and pending:
+        run.run_talks_together(pending)
+    for talk in tqdm([] if args.one_process else pending, desc=run.name, unit="talk"):
         run.run_talk(talk)
     row = run.score()
     write_row(run.out, row)

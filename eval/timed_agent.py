@@ -27,12 +27,17 @@ class TimedAlignAttAgent(AlignAttAgent):
         super().__init__(args)
         output = getattr(args, "output", None)
         self._steps = open(Path(output) / STEPS_FILE, "a", encoding="utf-8") if output else None  # noqa: SIM115
+        self._n_finished = 0  # instances finished so far: the index of the talk a step belongs to
 
     def policy(self, states=None):
         states = states if states is not None else self.states
         start = time.perf_counter()
         action = super().policy(states)
         compute_ms = (time.perf_counter() - start) * 1000.0
+        # A cached ASR answered in ~0 ms: count the time the ASR took when the answer was recorded.
+        take_replayed_ms = getattr(self.cascade.asr, "take_replayed_ms", None)
+        if take_replayed_ms is not None:
+            compute_ms += take_replayed_ms()
         if self._steps is not None:
             rate = states.source_sample_rate or 16000
             written = action.content if isinstance(action, WriteAction) else ""
@@ -40,7 +45,9 @@ class TimedAlignAttAgent(AlignAttAgent):
             self._steps.write(json.dumps({"source_ms": len(states.source) * 1000.0 / rate,
                                           "compute_ms": compute_ms, "written": written,
                                           "finished": bool(states.source_finished),
+                                          "instance": self._n_finished,
                                           "step": dataclasses.asdict(step) if step else None},
                                          ensure_ascii=False) + "\n")
             self._steps.flush()
+        self._n_finished += bool(states.source_finished)
         return action

@@ -83,20 +83,31 @@ def test_int16_stereo_is_scaled_then_averaged():
     np.testing.assert_allclose(to_float32_mono(frames), [32767 / 32768, -0.5], atol=1e-7)
 
 
-def test_channels_first_layout_and_higher_ranks_are_rejected():
-    with pytest.raises(ValueError, match="frames, channels"):
-        AudioBuffer().append(np.zeros((2, 16000), dtype=np.float32))
+def test_channels_first_layout_and_higher_ranks_are_rejected(caplog):
+    with caplog.at_level(logging.WARNING, logger="alignatt.audio"), pytest.raises(ValueError, match="frames, channels"):
+        AudioBuffer().append(np.zeros((2, 13600), dtype=np.float32))
+    assert not any("downmixing" in record.message for record in caplog.records)  # rejected, not "13600 channels"
     with pytest.raises(ValueError, match="1-D"):
         AudioBuffer().append(np.zeros((2, 2, 2), dtype=np.float32))
 
 
-def test_non_finite_samples_become_zero_with_warning(caplog):
+def test_non_finite_samples_become_zero_with_one_warning_per_talk(caplog):
     chunk = np.array([0.1, np.nan, np.inf, -np.inf, 0.2], dtype=np.float32)
     buffer = AudioBuffer()
     with caplog.at_level(logging.WARNING, logger="alignatt.audio"):
-        buffer.append(chunk)
-    np.testing.assert_array_equal(buffer.view(0.0), np.array([0.1, 0, 0, 0, 0.2], dtype=np.float32))
-    assert any("non-finite" in record.message for record in caplog.records)
+        for _ in range(50):
+            buffer.append(chunk)
+    np.testing.assert_array_equal(buffer.view(0.0)[:5], np.array([0.1, 0, 0, 0, 0.2], dtype=np.float32))
+    assert sum("non-finite" in record.message for record in caplog.records) == 1
+
+
+def test_samples_beyond_full_scale_are_clipped_with_one_warning(caplog):
+    buffer = AudioBuffer()
+    with caplog.at_level(logging.WARNING, logger="alignatt.audio"):
+        for _ in range(10):
+            buffer.append(np.array([1000.0, -3.0, 0.5], dtype=np.float32))
+    np.testing.assert_array_equal(buffer.view(0.0)[:3], np.array([1.0, -1.0, 0.5], dtype=np.float32))
+    assert sum("clipping" in record.message for record in caplog.records) == 1
 
 
 def test_empty_chunks_are_no_ops():
@@ -164,14 +175,14 @@ def test_stream_resampler_identity_ratio_is_exact():
 
 def test_discard_keeps_absolute_time():
     buffer = AudioBuffer(initial_capacity_s=1.0)
-    ramp = np.arange(10 * SAMPLE_RATE_HZ, dtype=np.float32)
+    ramp = np.arange(10 * SAMPLE_RATE_HZ, dtype=np.float32) / 2**18  # exact in float32, within full scale
     buffer.append(ramp)
     buffer.discard_before(8.0)  # releases 8 s, keeps 2 s
     assert buffer.held_samples == 2 * SAMPLE_RATE_HZ and buffer.duration_s == 10.0
     assert np.array_equal(buffer.view(8.5, 9.0), ramp[int(8.5 * SAMPLE_RATE_HZ):9 * SAMPLE_RATE_HZ])
     assert buffer.view(1.0, 8.0).size == 0 and buffer.view(0.0)[0] == ramp[8 * SAMPLE_RATE_HZ]
     buffer.append(ramp[:SAMPLE_RATE_HZ])
-    assert buffer.duration_s == 11.0 and buffer.view(10.0)[5] == 5.0
+    assert buffer.duration_s == 11.0 and buffer.view(10.0)[5] == ramp[5]
 
 
 def test_discard_defers_small_releases():

@@ -106,3 +106,39 @@ def test_runner_fails_clearly_without_audio(synth, tmp_path):
     with pytest.raises(FileNotFoundError, match="no audio for talk"):
         run_dev.Run(run_dev.parse_args(["--data", str(synth.root), "--audio-dir", str(tmp_path), "--out",
                                         str(tmp_path)])[0], [])
+
+
+def write_two_talk_dev_set(root):
+    """Two talks (the second with its sentences in another order) in one MCIF-layout text dev set."""
+    root.mkdir(parents=True, exist_ok=True)
+    order = {"talkA": [0, 1, 2], "talkB": [2, 0, 1]}
+    write_segments(root / "audio-segments.yaml", [segment_entry(f"{talk}.wav", 3.0 * i, 2.5)
+                                                  for talk, lines in order.items() for i in range(len(lines))])
+    for lang, text in LINES.items():
+        (root / f"{lang}.txt").write_text("".join(f"{text[i]}\n" for lines in order.values() for i in lines))
+    return DevSet.load(root)
+
+
+def predictions(out, run, talks):
+    return [json.loads((out / run / "talks" / t / "instances.log").read_text())["prediction"] for t in talks]
+
+
+def test_one_process_and_cached_asr_give_the_per_talk_results(checkpoints, tmp_path):
+    require_espeak()
+    synth = synth_dev_set(tmp_path / "synth", ["talkA", "talkB"], write_two_talk_dev_set(tmp_path / "text"))
+    cache = tmp_path / "asr_cache"
+    common = ["--data", str(synth.root), "--lang", "de", "--preset", "high", "--policy", "wait-k", "--wait-k", "1",
+              *checkpoints.agent_flags(), *FAST, "--asr-cache-dir", str(cache)]
+    batched = run_dev.main([*common, "--out", str(tmp_path / "batched"), "--one-process"])
+    assert batched["talks"] == ["talkA", "talkB"] and batched["n_segments"] == 6
+    n_entries = len(list(cache.rglob("*.json")))
+    assert n_entries > 0
+    # Per-talk processes, every ASR window now answered from the cache: the same translations, no new entries.
+    separate = run_dev.main([*common, "--out", str(tmp_path / "separate")])
+    run = batched["run"]
+    assert predictions(tmp_path / "batched", run, ["talkA", "talkB"]) == predictions(tmp_path / "separate", run,
+                                                                                     ["talkA", "talkB"])
+    assert len(list(cache.rglob("*.json"))) == n_entries
+    assert separate["bleu"] == batched["bleu"] and separate["longyaal_cu_ms"] == batched["longyaal_cu_ms"]
+    steps = (tmp_path / "batched" / run / "talks" / "talkB" / "steps.jsonl").read_text().splitlines()
+    assert steps and all(json.loads(line)["instance"] == 1 for line in steps)
