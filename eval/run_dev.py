@@ -32,8 +32,8 @@ from alignatt.baselines import POLICIES, PolicySelection
 from alignatt.cascade import PRESETS
 from alignatt.text_units import is_char_level
 from eval.dev_set import MCIF_DEV, DevSet, write_segments, segment_entry
-from eval.scoring import (XCOMET, finite, merge_hypotheses, omnisteval_command, run_omnisteval, stream_laal,
-                          xcomet_status)
+from eval.scoring import (XCOMET, finite, merge_hypotheses, omnisteval_command, run_omnisteval, segment_coverage,
+                          stream_laal, xcomet_status)
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ AGENT_CLASS = "eval.timed_agent.TimedAlignAttAgent"
 RESERVED_FLAGS = ("--target-lang", "--preset", "--policy", "--wait-k", "--source-segment-size", "--output",
                   "--source", "--target", "--eval-latency-unit", "--agent", "--agent-class", "--step-ms")
 TSV_COLUMNS = ("run", "lang", "preset", "policy", "talks", "audio_s", "bleu", "chrf", "xcomet", "longyaal_cu_ms",
-               "longyaal_ca_ms", "streamlaal_cu_ms", "streamlaal_ca_ms", "compute_s", "rtf")
+               "longyaal_ca_ms", "streamlaal_cu_ms", "streamlaal_ca_ms", "empty_share", "length_ratio", "compute_s",
+               "rtf")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,9 +191,11 @@ class Run:
         except Exception as err:  # noqa: BLE001 - an optional metric must not sink the row
             laal_cu = laal_ca = None
             laal_note = f"skipped: {type(err).__name__}: {err}"
-        return self.row(scores, command, comet_note, laal_cu, laal_ca, laal_note)
+        coverage = segment_coverage(self.dir / "omnisteval" / "instances.resegmented.jsonl", self.args.lang)
+        return self.row(scores, command, comet_note, laal_cu, laal_ca, laal_note, coverage)
 
-    def row(self, scores: dict, omnisteval: list[str], comet_note: str, laal_cu, laal_ca, laal_note) -> dict:
+    def row(self, scores: dict, omnisteval: list[str], comet_note: str, laal_cu, laal_ca, laal_note,
+            coverage: dict) -> dict:
         runs = [json.loads((self.talk_dir(t) / "run.json").read_text()) for t in self.talks]
         steps = [json.loads(line) for t in self.talks
                  for line in (self.talk_dir(t) / "steps.jsonl").read_text().splitlines()]
@@ -207,6 +210,11 @@ class Run:
             "xcomet": scores.get("COMET") if comet_note == self.args.comet_model else None, "xcomet_note": comet_note,
             "longyaal_cu_ms": scores.get("LongYAAL (CU)"), "longyaal_ca_ms": scores.get("LongYAAL (CA)"),
             "streamlaal_cu_ms": laal_cu, "streamlaal_ca_ms": laal_ca, "streamlaal_note": laal_note,
+            **gate_counts(steps),
+            "empty_segments": coverage["empty_segments"], "empty_share": coverage["empty_share"],
+            "length_ratio": coverage["length_ratio"],
+            "coverage_definition": "reference segments left with no output after OmniSTEval's resegmentation; "
+                                   "length_ratio = output / reference words (zh: characters)",
             "ca_definition": "audio read + compute time of the policy call that wrote the unit (timed agent)",
             "compute_s": round(compute_s, 1), "rtf": round(compute_s / audio_s, 3) if audio_s else None,
             "wall_s": round(sum(r["wall_s"] for r in runs), 1),
@@ -215,6 +223,15 @@ class Run:
                          "simuleval": runs[0]["command"] if runs else None, "omnisteval": shlex.join(omnisteval)},
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
         }
+
+
+def gate_counts(steps: list[dict]) -> dict:
+    """How the steps went: drafts run, drafts reused (nothing changed), drafts the gate stopped."""
+    reports = [s["step"] for s in steps if s.get("step")]
+    drafting = [r for r in reports if r["n_draft_tokens"] or r["draft_skipped"]]
+    return {"steps": len(reports), "drafts": sum(not r["draft_skipped"] for r in drafting),
+            "skipped_drafts": sum(r["draft_skipped"] for r in drafting),
+            "gate_stops": sum(bool(r["stop"]) for r in drafting if not r["draft_skipped"])}
 
 
 def write_row(out: Path, row: dict) -> None:

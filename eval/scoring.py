@@ -96,6 +96,21 @@ def run_omnisteval(command: list[str], out_dir: Path) -> dict[str, float]:
     return read_scores_tsv(out_dir / "scores.tsv")
 
 
+def segment_coverage(resegmented: Path, lang: str) -> dict:
+    """Lost content, from OmniSTEval's resegmented hypotheses (one line per reference segment): how many
+    segments received no output at all, and how long the output is against the references overall."""
+    lines = [json.loads(line) for line in resegmented.read_text(encoding="utf-8").splitlines()]
+
+    def length(text: str) -> int:
+        return len(text.replace(" ", "")) if is_char_level(lang) else len(text.split())
+
+    empty = sum(1 for line in lines if not line["prediction"].strip())
+    hyp, ref = sum(length(line["prediction"]) for line in lines), sum(length(line["reference"]) for line in lines)
+    return {"segments": len(lines), "empty_segments": empty,
+            "empty_share": round(empty / len(lines), 4) if lines else None,
+            "length_ratio": round(hyp / ref, 4) if ref else None}
+
+
 def stream_laal(hypotheses: Path, segments: Path, references: Path, lang: str) -> tuple[float | None, float | None,
                                                                                      str]:
     """StreamLAAL (ms) CU and CA with SimulStream's scorer (mwerSegmenter alignment), where it is installed."""

@@ -76,3 +76,15 @@ def test_plot_draws_bleu_and_xcomet_when_scored(tmp_path):
     out = plot.main([str(p) for p in paths] + ["--out", str(tmp_path / "q.png")])
     assert out.stat().st_size > 1000
     assert plot.point_label(row("x", "wait-k5", "low", 1.0, 1.0)) == "k=5 low"
+
+
+def test_segment_coverage_counts_segments_left_empty(tmp_path):
+    from eval.scoring import segment_coverage
+
+    lines = [{"prediction": "Ich bin Sarah", "reference": "Ich bin Sarah Papi"},
+             {"prediction": " ", "reference": "Heute spreche ich"},
+             {"prediction": "über Übersetzung", "reference": "über Übersetzung"}]
+    path = tmp_path / "instances.resegmented.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert segment_coverage(path, "de") == {"segments": 3, "empty_segments": 1, "empty_share": round(1 / 3, 4),
+                                            "length_ratio": round(5 / 9, 4)}
