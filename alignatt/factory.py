@@ -17,7 +17,7 @@ from alignatt.baselines import PolicySelection, make_policy
 from alignatt.cascade import PRESETS, Cascade, CascadeOptions
 from alignatt.decoding import DecodeConfig
 from alignatt.guards import GuardOptions
-from alignatt.heads import HeadsFile, shipped_heads_path
+from alignatt.heads import HeadsFile, HeadsFileError, shipped_heads_path
 from alignatt.options import add_dataclass_arguments, dataclass_from_args
 from alignatt.policy import PolicyConfig
 from alignatt.prompt import PromptConfig, read_few_shot
@@ -82,9 +82,12 @@ def check_known(options: dict) -> None:
 
 
 def load_heads(args, translator_config: TranslatorConfig, prompt_config: PromptConfig) -> HeadsFile:
-    path = getattr(args, "heads", None) or shipped_heads_path(
-        translator_config.model_id, f"{prompt_config.source_lang}-{prompt_config.target_lang}")
-    return HeadsFile.load(path)
+    """The --heads file, or the shipped one; it must have been calibrated for the direction asked for."""
+    direction = f"{prompt_config.source_lang}-{prompt_config.target_lang}"
+    heads = HeadsFile.load(getattr(args, "heads", None) or shipped_heads_path(translator_config.model_id, direction))
+    if heads.direction != direction:
+        raise HeadsFileError(f"the heads file is for {heads.direction}, but the run translates {direction}")
+    return heads
 
 
 def cascade_options(args) -> CascadeOptions:

@@ -64,6 +64,9 @@ class PromptConfig:
     def __post_init__(self):
         if self.style not in ("chat", "plain"):
             raise ValueError(f"prompt style must be 'chat' or 'plain', got {self.style!r}")
+        for code in (self.source_lang, self.target_lang):
+            if code.split("-")[0].lower() not in LANGUAGE_NAMES:
+                raise ValueError(f"unsupported language {code!r}: choose one of {', '.join(sorted(LANGUAGE_NAMES))}")
 
     def language_name(self, code: str) -> str:
         return LANGUAGE_NAMES.get(code.split("-")[0].lower(), code)

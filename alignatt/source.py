@@ -103,11 +103,13 @@ def build_sentence(words: Sequence[Word], char_level: bool = False, reason: Comm
 
 
 class SourceState:
-    """Per-talk source side: committed sentences in order, those not yet consumed, and the open sentence."""
+    """Per-talk source side: committed sentences not yet consumed (in order), and the open sentence.
+
+    Memory stays bounded over a long talk: a consumed sentence is dropped."""
 
     def __init__(self, options: SourceOptions = SourceOptions()):
         self.options = options
-        self.committed: list[SourceSentence] = []  # every committed sentence of the talk, in order
+        self.n_committed = 0  # sentences committed so far in the talk (the sentences themselves are not kept)
         self._pending: deque[SourceSentence] = deque()  # committed, not yet consumed by the translator
         self._open = SourceSentence("", ())
 
@@ -115,7 +117,7 @@ class SourceState:
         """Take one transcriber update: queue its committed sentences and replace the open sentence."""
         for sentence in update.committed:
             built = build_sentence(sentence.words, self.options.char_level, sentence.reason)
-            self.committed.append(built)
+            self.n_committed += 1
             self._pending.append(built)
         self._open = build_sentence(update.tail, self.options.char_level, n_stable_words=update.n_stable_tail_words)
 

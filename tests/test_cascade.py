@@ -114,10 +114,10 @@ def test_frontier_is_absolute_time(translator):
 def test_reset_starts_a_new_talk(translator):
     cascade = Cascade(TimelineAsr(timeline(TALK)), translator, CascadeOptions(step_ms=500))
     feed(cascade, 5.0)
-    assert cascade.talk.source.committed and cascade.talk.source.open_text  # mid-talk before the reset
+    assert cascade.talk.source.n_committed and cascade.talk.source.open_text  # mid-talk before the reset
     cascade.reset()
     assert cascade.heard_s == 0 and cascade.talk.target_prefix == ""
-    assert cascade.talk.source.open_text == "" and not cascade.talk.source.committed
+    assert cascade.talk.source.open_text == "" and not cascade.talk.source.n_committed
 
 
 def test_empty_and_silent_talks_write_nothing(translator):

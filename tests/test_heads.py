@@ -129,3 +129,18 @@ def test_committed_calibration_runs_declare_predicting_rows(path, caplog):
 def test_no_shipped_file_for_unknown_models():
     with pytest.raises(HeadsFileError, match="calibrate"):
         shipped_heads_path("someone/other-model", "en-de")
+
+
+def test_the_run_direction_must_match_the_heads_file():
+    import argparse
+
+    from alignatt.factory import load_heads
+    from alignatt.prompt import PromptConfig
+    from alignatt.translator import TranslatorConfig
+
+    en_de = str(shipped_heads_path("google/gemma-4-E4B-it", "en-de"))
+    assert load_heads(argparse.Namespace(heads=en_de), TranslatorConfig(), PromptConfig(target_lang="de"))
+    with pytest.raises(HeadsFileError, match="heads file is for en-de, but the run translates en-it"):
+        load_heads(argparse.Namespace(heads=en_de), TranslatorConfig(), PromptConfig(target_lang="it"))
+    with pytest.raises(ValueError, match="unsupported language 'xx'"):
+        PromptConfig(target_lang="xx")
