@@ -136,7 +136,7 @@ class Cascade:
         accessible = talk.source.accessible_units(self.heard_s)
         step, skipped, drafted = None, False, []
         if open_sentence.units:
-            step, skipped = self._draft(open_sentence, accessible)
+            step, skipped, accessible = self._draft(open_sentence, accessible)
             drafted = self._accept(self.policy.accept(step, self.translator, accessible, talk.decisions))
             if drafted:
                 talk.prefix_heard_units = accessible
@@ -153,18 +153,19 @@ class Cascade:
         talk.source.apply(talk.transcriber.finish(talk.audio))
         return self._finish_committed()
 
-    def _draft(self, sentence: SourceSentence, accessible: int) -> tuple[DraftResult, bool]:
-        """Draft the open sentence (or reuse the last draft when nothing it depends on changed)."""
+    def _draft(self, sentence: SourceSentence, accessible: int) -> tuple[DraftResult, bool, int]:
+        """Draft the open sentence (or reuse the last draft when nothing it depends on changed); also return the
+        frontier in the drafted source's units."""
         talk = self.talk
         source = strip_sentence_final(sentence.text) if self.guards.strip_open_punctuation else sentence.text
         n_units = len(split_units(source, self.source_options.char_level))  # stripping may drop a "." unit
         key = _DraftKey(source, min(accessible, n_units), talk.target_prefix, tuple(talk.history))
         if self.guards.skip_unchanged_drafts and talk.last_draft is not None and talk.last_draft[0] == key:
             talk.n_skipped_drafts += 1
-            return talk.last_draft[1], True
+            return talk.last_draft[1], True, key.n_accessible_units
         step = self.translator.draft(key.source, key.n_accessible_units, key.target_prefix, key.history)
         talk.last_draft = (key, step)
-        return step, False
+        return step, False, key.n_accessible_units
 
     def _finish_committed(self) -> list[str]:
         talk, units = self.talk, []
