@@ -1,9 +1,10 @@
-"""Quality-latency plot of result rows: BLEU (and XCOMET-XL where scored) vs computation-unaware LongYAAL.
+"""Quality-latency plot of result rows: chrF, BLEU (and XCOMET-XL where scored) vs computation-unaware LongYAAL.
 
     python -m eval.plot eval/results/*.json --out eval/results/quality_latency.png
 
-One line per (policy, language) through its operating points (presets, or k for wait-k), the IWSLT 2026
-latency regimes shaded (low 0-2 s, high 2-4 s).
+One line per (policy, language) through its operating points (presets, k for wait-k, gate settings for
+AlignAtt; a run named *published* is a family of its own), the IWSLT 2026 latency regimes shaded (low 0-2 s,
+high 2-4 s).
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from eval.scoring import finite  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-COLORS = {"alignatt": "tab:red", "local-agreement": "tab:blue", "wait-k": "tab:green"}
+COLORS = {"alignatt": "tab:red", "alignatt published": "tab:orange", "local-agreement": "tab:blue",
+          "wait-k": "tab:green"}
 REGIMES_S = (("low", 0.0, 2.0), ("high", 2.0, 4.0))
 
 
@@ -38,21 +40,29 @@ def load_rows(paths: list[str]) -> list[dict]:
     return rows
 
 
-def family(policy: str) -> str:
-    return "wait-k" if policy.startswith("wait-k") else policy
+def family(row: dict) -> str:
+    policy = row["policy"]
+    if policy.startswith("wait-k"):
+        return "wait-k"
+    return f"{policy} published" if "published" in row["run"] else policy
 
 
 def point_label(row: dict) -> str:
     match = re.fullmatch(r"wait-k(\d+)", row["policy"])
-    return f"k={match.group(1)} {row['preset']}" if match else row["preset"]
+    if match:
+        return f"k={match.group(1)} {row['preset']}"
+    rest = row["run"].split(".", 1)[-1].removeprefix(f"{row['preset']}.")  # run names: LANG[.PRESET].POLICY[-SETTING]
+    setting = rest.removeprefix(row["policy"]).strip("-.")
+    return f"{row['preset']} {setting}".strip()
 
 
 def plot(rows: list[dict], out: Path) -> Path:
-    metrics = [("bleu", "BLEU")] + ([("xcomet", "XCOMET-XL")] if any(finite(r.get("xcomet")) for r in rows) else [])
+    metrics = [("chrf", "chrF"), ("bleu", "BLEU")]
+    metrics += [("xcomet", "XCOMET-XL")] if any(finite(r.get("xcomet")) for r in rows) else []
     fig, axes = plt.subplots(1, len(metrics), figsize=(6.4 * len(metrics), 4.6), squeeze=False)
     lines = defaultdict(list)
     for row in rows:
-        lines[(family(row["policy"]), row["lang"])].append(row)
+        lines[(family(row), row["lang"])].append(row)
     langs = {lang for _, lang in lines}
     for ax, (key, name) in zip(axes[0], metrics):
         for _, low_s, high_s in REGIMES_S:

@@ -76,6 +76,9 @@ def test_plot_draws_bleu_and_xcomet_when_scored(tmp_path):
     out = plot.main([str(p) for p in paths] + ["--out", str(tmp_path / "q.png")])
     assert out.stat().st_size > 1000
     assert plot.point_label(row("x", "wait-k5", "low", 1.0, 1.0)) == "k=5 low"
+    assert plot.point_label(row("de.low.alignatt", "alignatt", "low", 1.0, 1.0)) == "low"
+    published = row("de.alignatt-published", "alignatt", "low", 1.0, 1.0)
+    assert plot.point_label(published) == "low published" and plot.family(published) == "alignatt published"
 
 
 def test_segment_coverage_counts_segments_left_empty(tmp_path):

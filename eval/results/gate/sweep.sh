@@ -25,6 +25,7 @@ CONFIGS=(
   "alignatt-stable|--preset low --policy alignatt|--source-margin-ms 0"
   "wait-k3|--preset low --policy wait-k --wait-k 3|"
   "alignatt-stable-m500|--preset low --policy alignatt|--source-margin-ms 500"
+  "alignatt-margin400|--preset low --policy alignatt|--no-source-require-stable --source-margin-ms 400"
   "local-agreement|--preset low --policy local-agreement|"
   "wait-k5|--preset low --policy wait-k --wait-k 5|"
   "wait-k1|--preset low --policy wait-k --wait-k 1|"
