@@ -83,7 +83,6 @@ class TalkState:
     unprocessed_s: float = 0.0  # audio appended since the last step
     decisions: SentenceDecisions = field(default_factory=SentenceDecisions)  # the policy's open-sentence state
     last_draft: tuple[_DraftKey, DraftResult] | None = None
-    n_skipped_drafts: int = 0
 
 
 class Cascade:
@@ -161,7 +160,6 @@ class Cascade:
         n_units = len(split_units(source, self.source_options.char_level))  # stripping may drop a "." unit
         key = _DraftKey(source, min(accessible, n_units), talk.target_prefix, tuple(talk.history))
         if self.guards.skip_unchanged_drafts and talk.last_draft is not None and talk.last_draft[0] == key:
-            talk.n_skipped_drafts += 1
             return talk.last_draft[1], True, key.n_accessible_units
         step = self.translator.draft(key.source, key.n_accessible_units, key.target_prefix, key.history)
         talk.last_draft = (key, step)

@@ -213,7 +213,7 @@ def test_unchanged_steps_reuse_the_draft_and_say_so():
         cascade.push(np.zeros(SAMPLE_RATE_HZ // 4, dtype=np.float32), SAMPLE_RATE_HZ)
         reports.append(cascade.last_step)
     skipped = [r for r in reports if r.draft_skipped]
-    assert skipped and cascade.talk.n_skipped_drafts == len(skipped)
+    assert skipped
     drafting = [r for r in reports if r.transcript]  # steps before the first word draft nothing
     assert len(translator.drafts) + len(skipped) == len(drafting)
     last = reports[-1]
