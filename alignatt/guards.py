@@ -15,9 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from alignatt.text_units import split_units, unit_spans
+from alignatt.transcriber import CLOSERS, SENTENCE_FINAL
 
-SENTENCE_FINAL_CHARS = ".!?。！？…"
-_CLOSERS = "\"'”’»)]}」』"
+# The transcriber's sentence ends, plus the ellipsis: a partial hypothesis trailing off must not end the text either.
+SENTENCE_FINAL_CHARS = "".join(SENTENCE_FINAL) + "…"
 
 
 @dataclass(frozen=True)
@@ -41,14 +42,14 @@ class GuardOptions:
 
 def ends_sentence(text: str) -> bool:
     """True when `text` ends in sentence-final punctuation (closing quotes and brackets looked through)."""
-    return text.rstrip().rstrip(_CLOSERS).endswith(tuple(SENTENCE_FINAL_CHARS))
+    return text.rstrip().rstrip(CLOSERS).endswith(tuple(SENTENCE_FINAL_CHARS))
 
 
 def strip_sentence_final(text: str) -> str:
     """`text` without trailing sentence-final punctuation (and the closers after it): 'talk.' -> 'talk'."""
     stripped = text.rstrip()
     while stripped and ends_sentence(stripped):
-        stripped = stripped.rstrip(_CLOSERS).rstrip(SENTENCE_FINAL_CHARS).rstrip()
+        stripped = stripped.rstrip(CLOSERS).rstrip(SENTENCE_FINAL_CHARS).rstrip()
     return stripped
 
 

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 SENTENCE_FINAL = (".", "?", "!", "。", "？", "！")
 _ELLIPSES = ("...", "…")
-_CLOSERS = "\"'”’»)]}」』"
+CLOSERS = "\"'”’»)]}」』"
 NON_FINAL_ABBREVIATIONS = frozenset({"mr.", "mrs.", "ms.", "dr.", "prof.", "st.", "vs.", "e.g.", "i.e.", "no."})
 
 CommitReason = Literal["agreed", "length_guard", "end_of_stream"]
@@ -82,7 +82,7 @@ def normalise(text: str) -> str:
 
 
 def is_sentence_end(text: str) -> bool:
-    core = text.rstrip(_CLOSERS)
+    core = text.rstrip(CLOSERS)
     if core.endswith(_ELLIPSES) or core.casefold() in NON_FINAL_ABBREVIATIONS:
         return False
     return core.endswith(SENTENCE_FINAL)

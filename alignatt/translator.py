@@ -16,7 +16,7 @@ from alignatt.capture import HeadRef
 from alignatt.decoding import DecodeConfig, Request, make_decoder
 from alignatt.devices import resolve_device, resolve_dtype
 from alignatt.guards import GuardOptions, final_pass_budget, hold_sentence_end, trim_repeated_start
-from alignatt.heads import QUERY_ROWS, HeadsFile
+from alignatt.heads import HeadsFile, check_query_row, query_row_position
 from alignatt.policy import GateDecision, PolicyConfig, complete_units_text, gate_draft
 from alignatt.prompt import PromptBuilder, PromptConfig, RenderedPrompt
 from alignatt.replay import DraftAttention, replay, split_draft_attention
@@ -79,8 +79,7 @@ class Translator:
                  config: TranslatorConfig = TranslatorConfig(), policy_config: PolicyConfig = PolicyConfig(),
                  few_shot: Sequence[tuple[str, str]] = (), decode_config: DecodeConfig = DecodeConfig(),
                  guards: GuardOptions = GuardOptions(), query_row: str = "own"):
-        if query_row not in QUERY_ROWS:
-            raise ValueError(f"query_row must be one of {QUERY_ROWS}, got {query_row!r}")
+        check_query_row(query_row)
         self.model = model
         self.tokenizer = tokenizer
         self.heads = tuple(heads)
@@ -175,7 +174,7 @@ class Translator:
         budget = self.config.draft_budget(len(prompt.source_token_positions))
         generated = self._generate(prompt, budget, capture=True)
         draft_ids, ended = self._split_end(prompt, generated.token_ids)
-        first_row = prompt.n_tokens - 1 if self.query_row == "predicting" else prompt.n_tokens
+        first_row = query_row_position(prompt.n_tokens, self.query_row)  # the row judging the first draft token
         attention = split_draft_attention(replay(generated.captured, self.heads), prompt.source_token_positions,
                                           prompt.source_accessible_mask(), first_row=first_row,
                                           draft_start=prompt.n_tokens)
