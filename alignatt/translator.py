@@ -6,11 +6,13 @@ Gemma4ForCausalLM.from_pretrained on them would silently random-initialise the w
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, StopStringCriteria,
+                          StoppingCriteriaList)
 
 from alignatt.capture import HeadRef
 from alignatt.decoding import DecodeConfig, Request, make_decoder
@@ -133,6 +135,12 @@ class Translator:
                                 repetition_penalty=self.config.repetition_penalty,
                                 eos_token_id=self._eos_ids, pad_token_id=pad, begin_suppress_tokens=suppress)
 
+    @functools.cached_property
+    def _line_end(self) -> StoppingCriteriaList:
+        """Stop at a line break. Built once: transformers would rebuild it from the whole vocabulary on every
+        generate() call given `stop_strings` (1.7 s per draft for Gemma-3's 262k tokens on 2 CPU cores)."""
+        return StoppingCriteriaList([StopStringCriteria(self.tokenizer, ["\n"])])
+
     def warm_up(self) -> None:
         """Compile the decoder's graphs now (compiled decoding only) rather than on the first draft."""
         filler = self.prompts.render("This sentence only warms up the translator.", "", None)
@@ -142,7 +150,7 @@ class Translator:
         generation = self._generation_config(max_new_tokens, must_continue)
         kwargs = {}
         if self.prompts.config.style == "plain":  # base models: one line per translation
-            kwargs = {"stop_strings": ["\n"], "tokenizer": self.tokenizer}
+            kwargs = {"stopping_criteria": self._line_end}
         return self.decoder.generate(Request(
             input_ids=prompt.input_ids, generation=generation,
             capture_from=prompt.n_tokens - 1 if capture else None, generate_kwargs=kwargs))

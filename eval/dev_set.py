@@ -4,7 +4,7 @@
     ROOT/{en,de,it,zh}.txt     one line per segment, in YAML order
     ROOT/per_talk/NAME.{lang}  the same lines, one file per talk (NAME = the wav's stem)
 
-The real MCIF dev set (../shared/data/mcif_dev) has no audio offline; `eval.synth_talks` writes a synthetic
+The real MCIF dev set (data/mcif_dev, text only) has no audio offline; `eval.synth_talks` writes a synthetic
 one in the same layout with its wavs under ROOT/wav/.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-MCIF_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "mcif_dev"
+MCIF_DEV = Path(__file__).resolve().parents[1] / "data" / "mcif_dev"
 SEGMENTS_FILE = "audio-segments.yaml"
 
 

@@ -30,10 +30,10 @@ from tqdm import tqdm
 
 from alignatt.baselines import POLICIES, PolicySelection
 from alignatt.cascade import PRESETS
+from alignatt.omnisteval import omnisteval_command, run_omnisteval
 from alignatt.text_units import is_char_level
 from eval.dev_set import MCIF_DEV, DevSet, write_segments, segment_entry
-from eval.scoring import (XCOMET, finite, merge_hypotheses, omnisteval_command, run_omnisteval, segment_coverage,
-                          stream_laal, xcomet_status)
+from eval.scoring import XCOMET, finite, merge_hypotheses, segment_coverage, stream_laal, xcomet_status
 
 logger = logging.getLogger(__name__)
 

@@ -11,16 +11,14 @@ import importlib.util
 import json
 import logging
 import math
-import os
-import subprocess
 from argparse import Namespace
 from pathlib import Path
 
+from alignatt.omnisteval import CA_KEY
 from alignatt.text_units import is_char_level
 
 logger = logging.getLogger(__name__)
 
-CA_KEY = "elapsed_step"
 XCOMET = "Unbabel/XCOMET-XL"
 
 
@@ -60,40 +58,6 @@ def xcomet_status(model: str | None) -> tuple[bool, str]:
     if not isinstance(try_to_load_from_cache(model, "checkpoints/model.ckpt"), str):
         return False, f"skipped: no weights ({model} is not in the Hugging Face cache)"
     return True, model
-
-
-def omnisteval_command(segments: Path, references: Path, sources: Path, hypotheses: Path, lang: str,
-                       out_dir: Path, comet_model: str | None = None) -> list[str]:
-    level = ["--char_level", "--bleu_tokenizer", "zh"] if is_char_level(lang) else ["--word_level",
-                                                                                   "--bleu_tokenizer", "13a"]
-    command = ["omnisteval", "longform", "--speech_segmentation", str(segments), "--ref_sentences_file",
-               str(references), "--source_sentences_file", str(sources), "--hypothesis_file", str(hypotheses),
-               "--hypothesis_format", "jsonl", "--lang", lang, *level, "--emission_cu_key", "delays",
-               "--emission_ca_key", CA_KEY, "--output_folder", str(out_dir)]
-    if comet_model:
-        command += ["--comet", "--comet_model", comet_model]
-    return command
-
-
-def read_scores_tsv(path: Path) -> dict[str, float]:
-    scores = {}
-    for line in path.read_text(encoding="utf-8").splitlines()[1:]:
-        name, value = line.split("\t")
-        try:
-            scores[name] = float(value)
-        except ValueError:
-            scores[name] = value
-    return scores
-
-
-def run_omnisteval(command: list[str], out_dir: Path) -> dict[str, float]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # never download a scoring model
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    (out_dir / "omnisteval.log").parent.mkdir(parents=True, exist_ok=True)
-    (out_dir / "omnisteval.log").write_text(done.stdout + done.stderr, encoding="utf-8")
-    if done.returncode != 0:
-        raise RuntimeError(f"omnisteval failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
-    return read_scores_tsv(out_dir / "scores.tsv")
 
 
 def segment_coverage(resegmented: Path, lang: str) -> dict:

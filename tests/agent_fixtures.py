@@ -12,7 +12,7 @@ from eval.offline_tokenizers import gemma_tokenizer
 from tiny_asr import build_tiny_asr
 from tiny_models import build_gemma4_conditional
 
-SPEECH_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "speech"
+SPEECH_DIR = Path(__file__).resolve().parents[1] / "data" / "speech"
 HEADS = ((2, 0), (5, 1), (1, 3), (4, 2))
 
 

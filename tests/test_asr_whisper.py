@@ -16,7 +16,7 @@ from alignatt.audio import SAMPLE_RATE_HZ, AudioBuffer  # noqa: E402
 from alignatt.source import SourceState  # noqa: E402
 from alignatt.transcriber import IncrementalTranscriber  # noqa: E402
 
-SPEECH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
+SPEECH_DIR = Path(__file__).resolve().parents[1] / "data" / "speech"
 WAV = SPEECH_DIR / "two_cities_16k.wav"
 pytestmark = pytest.mark.skipif(not WAV.is_file(), reason=f"{WAV} not available")
 

