@@ -17,6 +17,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig,
 from alignatt.capture import HeadRef
 from alignatt.decoding import DecodeConfig, Request, make_decoder
 from alignatt.devices import resolve_device, resolve_dtype
+from alignatt.gguf_cache import DEFAULT_CACHE_DIR, converted_checkpoint
 from alignatt.guards import GuardOptions, final_pass_budget, hold_sentence_end, trim_repeated_start
 from alignatt.heads import HeadsFile, check_query_row, query_row_position
 from alignatt.policy import GateDecision, PolicyConfig, complete_units_text, gate_draft
@@ -35,6 +36,8 @@ class TranslatorConfig:
     model_id: str = field(default="google/gemma-4-E4B-it", metadata={"help": "Hugging Face id or local path"})
     revision: str | None = field(default=None, metadata={"help": "model revision (branch, tag or commit)"})
     gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside model_id (dequantised)"})
+    gguf_cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={
+        "help": "where a local GGUF file is converted once to a regular checkpoint ('' parses the GGUF each load)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), bfloat16, float32, float16"})
     max_draft_tokens: int = field(default=16, metadata={"help": "upper bound of a draft"})
@@ -65,11 +68,14 @@ class DraftResult:
 def load_model_and_tokenizer(config: TranslatorConfig):
     """Load the real checkpoint with sdpa attention (the capture wraps sdpa)."""
     device = resolve_device(config.device)
-    kwargs = {"revision": config.revision}
+    source, kwargs = config.model_id, {"revision": config.revision}
     if config.gguf_file:
-        kwargs["gguf_file"] = config.gguf_file
-    tokenizer = AutoTokenizer.from_pretrained(config.model_id, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(config.model_id, dtype=resolve_dtype(config.dtype, device),
+        converted = None
+        if config.gguf_cache_dir:
+            converted = converted_checkpoint(config.model_id, config.gguf_file, config.gguf_cache_dir)
+        source, kwargs = (str(converted), {}) if converted else (source, {**kwargs, "gguf_file": config.gguf_file})
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=resolve_dtype(config.dtype, device),
                                                  attn_implementation="sdpa", **kwargs)
     return model.to(device).eval(), tokenizer
 
