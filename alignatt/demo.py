@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import soundfile
@@ -134,43 +135,60 @@ def tail(text: str) -> str:
     return text if len(text) <= TAIL_CHARS else "…" + text[-TAIL_CHARS:]
 
 
+@dataclass(frozen=True)
+class Fed:
+    """One chunk pushed into the cascade (or, last, the end of the stream)."""
+
+    heard_s: float  # audio pushed so far
+    units: list[str]  # target units the push wrote
+    compute_s: float  # time the push took
+    wall_s: float  # time since playback started, when the push returned
+    report: StepReport | None  # the step the push ran; None when it only gathered audio, and for the end
+
+
+def feed(cascade: Cascade, samples: np.ndarray, rate: int, speed: float = 0.0) -> Iterator[Fed]:
+    """Push the talk chunk by chunk (one step's worth each) at `speed` × real time, 0 meaning as fast as the models
+    run, then finish it."""
+    chunk = max(1, int(round(rate * cascade.options.step_ms / 1000.0)))
+    start = time.perf_counter()
+    for offset in range(0, len(samples), chunk):
+        piece = samples[offset:offset + chunk]
+        heard_s = (offset + len(piece)) / rate
+        if speed > 0:  # wait for the audio to "arrive"
+            time.sleep(max(0.0, heard_s / speed - (time.perf_counter() - start)))
+        began = time.perf_counter()
+        units = cascade.push(piece, rate)
+        done = time.perf_counter()
+        yield Fed(heard_s, units, done - began, done - start, cascade.last_step)
+    began = time.perf_counter()
+    units = cascade.finish()
+    done = time.perf_counter()
+    yield Fed(len(samples) / rate, units, done - began, done - start, None)
+
+
 def play(cascade: Cascade, samples: np.ndarray, rate: int, speed: float,
          char_level: bool) -> tuple[Emission, float]:
-    """Feed the talk chunk by chunk at `speed` × real time; print one line per step. Returns what was written and
-    the total compute time (s)."""
-    chunk = max(1, int(round(rate * cascade.options.step_ms / 1000.0)))
-    emission, compute_s, transcript = Emission(), 0.0, ""
-    start = time.perf_counter()
+    """Play the talk at `speed` × real time; print one line per step. Returns what was written and the total
+    compute time (s)."""
+    emission, compute_s, transcript, heard_s = Emission(), 0.0, "", 0.0
     bar_format = "{l_bar}{bar}| {n:.1f}/{total:.1f} s of audio [{elapsed}<{remaining}]"
     with tqdm(total=round(len(samples) / rate, 2), bar_format=bar_format) as progress:
-        for offset in range(0, len(samples), chunk):
-            piece = samples[offset:offset + chunk]
-            heard_s = (offset + len(piece)) / rate
-            if speed > 0:  # wait for the audio to "arrive"
-                time.sleep(max(0.0, heard_s / speed - (time.perf_counter() - start)))
-            began = time.perf_counter()
-            units = cascade.push(piece, rate)
-            step_s = time.perf_counter() - began
-            compute_s += step_s
-            emission.add(units, heard_s * 1000.0, step_s * 1000.0)
-            progress.update(round(len(piece) / rate, 2))
-            report = cascade.last_step
-            if report is None:
+        for fed in feed(cascade, samples, rate, speed):
+            compute_s += fed.compute_s
+            emission.add(fed.units, fed.heard_s * 1000.0, fed.compute_s * 1000.0)
+            progress.update(round(fed.heard_s - heard_s, 2))
+            heard_s = fed.heard_s
+            if fed.report is None:
+                if fed.units:  # the end of the stream: the final passes
+                    progress.write(f"    final │ {tail(join_units(emission.units, char_level))}")
                 continue
-            lag_s = (time.perf_counter() - start) - heard_s / speed if speed > 0 else 0.0
-            progress.write(step_line(report, step_s, lag_s))
-            if report.transcript != transcript:
-                transcript = report.transcript
+            lag_s = fed.wall_s - fed.heard_s / speed if speed > 0 else 0.0
+            progress.write(step_line(fed.report, fed.compute_s, lag_s))
+            if fed.report.transcript != transcript:
+                transcript = fed.report.transcript
                 progress.write(f"    heard │ {tail(transcript)}")
-            if units:
+            if fed.units:
                 progress.write(f"  written │ {tail(join_units(emission.units, char_level))}")
-        began = time.perf_counter()
-        units = cascade.finish()
-        step_s = time.perf_counter() - began
-        compute_s += step_s
-        emission.add(units, len(samples) / rate * 1000.0, step_s * 1000.0)
-        if units:
-            progress.write(f"    final │ {tail(join_units(emission.units, char_level))}")
     return emission, compute_s
 
 

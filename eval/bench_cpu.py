@@ -11,6 +11,7 @@ cumulative time of each component's entry point is reported:
   mt.generate greedy drafting: prefill and decode steps (with q/k capture)
   mt.replay   recomputing the draft x source attention of the chosen heads
   mt.gate     the AlignAtt decision
+  mt.draft    a whole draft (prompt + generate + replay + gate)
   final       final passes of committed sentences (generation without capture)
 RTF = compute / audio. The translation is printed with a digest, so two settings can be checked for identical
 output. Any agent flag may follow (e.g. --mt-decode static, --whisper-cpu-threads 2).
@@ -38,7 +39,7 @@ COMPONENTS = {  # component: (file suffix, function name) of its entry point, as
 }
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args() -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's own choice on this machine)")
@@ -65,6 +66,7 @@ def main() -> None:
     import torch
 
     from alignatt import demo
+    from alignatt.factory import build_cascade
     from alignatt.text_units import is_char_level, join_units
 
     if args.threads:
@@ -74,22 +76,15 @@ def main() -> None:
     if args.seconds:
         samples = samples[: int(args.seconds * rate)]
     began = time.perf_counter()
-    cascade = demo.build_cascade(demo_args)
+    cascade = build_cascade(demo_args)
     load_s = time.perf_counter() - began
     profile = cProfile.Profile()
-    steps = []
-    chunk = int(round(rate * cascade.options.step_ms / 1000.0))
-    units = []
-    began = time.perf_counter()
     profile.enable()
-    for offset in range(0, len(samples), chunk):
-        step_began = time.perf_counter()
-        units += cascade.push(samples[offset:offset + chunk], rate)
-        if cascade.last_step is not None:
-            steps.append(time.perf_counter() - step_began)
-    units += cascade.finish()
+    pushes = list(demo.feed(cascade, samples, rate))
     profile.disable()
-    compute_s = time.perf_counter() - began
+    compute_s = pushes[-1].wall_s
+    steps = [fed.compute_s for fed in pushes if fed.report is not None]
+    units = [unit for fed in pushes for unit in fed.units]
     audio_s = len(samples) / rate
     totals = component_seconds(pstats.Stats(profile))
     translation = join_units(units, is_char_level(demo_args.target_lang))
