@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from alignatt.factory import add_arguments, build_cascade, check_known  # noqa: E402
 from alignatt.heads import HeadsFileError  # noqa: E402
+from alignatt.model_pool import ModelPool  # noqa: E402
 from alignatt.text_units import is_char_level  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -39,9 +40,11 @@ def engine_options(args):
 class AlignAttAgent(SpeechToTextAgent):
     """Writes every newly accepted target unit once per source chunk; everything left on the final call."""
 
-    def __init__(self, args):
+    def __init__(self, args, models: ModelPool | None = None):
+        """`models`: already loaded models to build the cascade around (a sweep worker's pool); None loads them."""
         try:
-            self.cascade = build_cascade(engine_options(args))  # before super(): GenericAgent.__init__ calls reset()
+            # Before super(): GenericAgent.__init__ calls reset().
+            self.cascade = build_cascade(engine_options(args), models)
         except (HeadsFileError, ValueError, OSError) as err:
             raise SystemExit(f"alignatt agent: {err}") from err
         self.joiner = "" if is_char_level(self.cascade.translator.prompts.config.target_lang) else " "

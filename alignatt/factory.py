@@ -11,19 +11,20 @@ import dataclasses
 import logging
 from types import SimpleNamespace
 
-from alignatt.asr import BACKENDS, load_backend
+from alignatt.asr import BACKENDS, AsrBackend, load_backend
 from alignatt.asr_cache import CachedAsr
 from alignatt.baselines import PolicySelection, make_policy
 from alignatt.cascade import PRESETS, Cascade, CascadeOptions
-from alignatt.decoding import DecodeConfig
+from alignatt.decoding import DecodeConfig, make_decoder
 from alignatt.guards import GuardOptions
 from alignatt.heads import HeadsFile, HeadsFileError, shipped_heads_path
+from alignatt.model_pool import ModelPool
 from alignatt.options import add_dataclass_arguments, dataclass_from_args
 from alignatt.policy import PolicyConfig
 from alignatt.prompt import PromptConfig, read_few_shot
 from alignatt.source import SourceOptions
 from alignatt.transcriber import TranscriberOptions
-from alignatt.translator import Translator, TranslatorConfig
+from alignatt.translator import Translator, TranslatorConfig, load_model_and_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -103,30 +104,55 @@ def with_gate(args):
     return SimpleNamespace(**{**vars(args), **GATES[gate]})
 
 
-def build_cascade(args) -> Cascade:
-    """Load the ASR backend and the translator named by `args` and wire the cascade."""
+def _translator(args, models: ModelPool) -> tuple[Translator, bool]:
+    """The translator named by `args` around the pool's weights and decoder; True when the decoder is new
+    (and so not warmed up yet)."""
+    config = dataclass_from_args(TranslatorConfig, args, prefix="mt-")
+    prompt_config = dataclass_from_args(PromptConfig, args)
+    decode_config = dataclass_from_args(DecodeConfig, args, prefix="mt-")
+    heads_file = load_heads(args, config, prompt_config)  # fail fast, before loading models
+    model, tokenizer = models.get(("translator", *config.backbone_key()), lambda: load_model_and_tokenizer(config))
+    heads_file.check_fits(model.config, config.model_id)
+    heads = heads_file.selected()
+    decoder_key = ("decoder", *config.backbone_key(), heads, decode_config)
+    new_decoder = decoder_key not in models
+    decoder = models.get(decoder_key, lambda: make_decoder(model, heads, decode_config))
+    translator = Translator(model, tokenizer, heads, prompt_config, config, dataclass_from_args(PolicyConfig, args),
+                            read_few_shot(getattr(args, "few_shot_file", None)), decode_config,
+                            dataclass_from_args(GuardOptions, args), heads_file.query_row, decoder)
+    return translator, new_decoder
+
+
+def _asr_backend(args, models: ModelPool) -> tuple[AsrBackend, bool]:
+    """The ASR backend named by `args` from the pool (True when newly loaded), behind the cache if asked."""
     from alignatt.asr_qwen3 import Qwen3AsrOptions
     from alignatt.asr_whisper import WhisperOptions
 
+    name = getattr(args, "asr_backend", "qwen3")
+    options = (dataclass_from_args(Qwen3AsrOptions, args, prefix="qwen3-") if name == "qwen3"
+               else dataclass_from_args(WhisperOptions, args, prefix="whisper-"))
+    key = ("asr", name, options)
+    new = key not in models
+    backend = models.get(key, lambda: load_backend(name, options))
+    if getattr(args, "asr_cache_dir", None):
+        backend = CachedAsr(backend, args.asr_cache_dir, identity=f"{name}:{options!r}")
+    return backend, new
+
+
+def build_cascade(args, models: ModelPool | None = None) -> Cascade:
+    """Wire the cascade named by `args`. Models come from `models` (loaded there on first use), so cascades built
+    with one pool share them; None loads them for this cascade alone."""
+    models = models if models is not None else ModelPool()
     args = with_gate(args)
-    translator_config = dataclass_from_args(TranslatorConfig, args, prefix="mt-")
     guards = dataclass_from_args(GuardOptions, args)
     policy = make_policy(dataclass_from_args(PolicySelection, args), guards.hold_sentence_end)  # fails fast
-    prompt_config = dataclass_from_args(PromptConfig, args)
-    heads = load_heads(args, translator_config, prompt_config)  # fail fast, before loading models
-    backend_name = getattr(args, "asr_backend", "qwen3")
-    backend_options = (dataclass_from_args(Qwen3AsrOptions, args, prefix="qwen3-") if backend_name == "qwen3"
-                       else dataclass_from_args(WhisperOptions, args, prefix="whisper-"))
-    translator = Translator.from_pretrained(translator_config, heads, prompt_config,
-                                            dataclass_from_args(PolicyConfig, args),
-                                            read_few_shot(getattr(args, "few_shot_file", None)),
-                                            dataclass_from_args(DecodeConfig, args, prefix="mt-"), guards)
-    backend = load_backend(backend_name, backend_options)
-    if getattr(args, "asr_cache_dir", None):
-        backend = CachedAsr(backend, args.asr_cache_dir, identity=f"{backend_name}:{backend_options!r}")
+    translator, new_decoder = _translator(args, models)
+    backend, new_backend = _asr_backend(args, models)
     # Warm up only once every model exists: constructing a model of a new class invalidates compiled graphs.
-    translator.warm_up()
-    backend.warm_up()
+    if new_decoder:
+        translator.warm_up()
+    if new_backend:
+        backend.warm_up()
     return Cascade(backend, translator, cascade_options(args),
                    dataclass_from_args(TranscriberOptions, args),
                    dataclass_from_args(SourceOptions, args, prefix="source-"), policy)

@@ -15,7 +15,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig,
                           StoppingCriteriaList)
 
 from alignatt.capture import HeadRef
-from alignatt.decoding import DecodeConfig, Request, make_decoder
+from alignatt.decoding import DecodeConfig, Decoder, Request, make_decoder
 from alignatt.devices import resolve_device, resolve_dtype
 from alignatt.gguf_cache import DEFAULT_CACHE_DIR, converted_checkpoint
 from alignatt.guards import GuardOptions, final_pass_budget, hold_sentence_end, trim_repeated_start
@@ -47,6 +47,10 @@ class TranslatorConfig:
     max_final_tokens: int = field(default=160, metadata={
         "help": "bound on finishing a committed sentence (the budget is min(this, max(32, 3 x source tokens + 24)))"})
     repetition_penalty: float = field(default=1.05, metadata={"help": "greedy decoding repetition penalty"})
+
+    def backbone_key(self) -> tuple:
+        """The fields that decide which weights are loaded and where (not how they are used)."""
+        return (self.model_id, self.revision, self.gguf_file, self.gguf_cache_dir, self.device, self.dtype)
 
     def draft_budget(self, n_source_tokens: int) -> int:
         return min(self.max_draft_tokens, max(self.min_draft_tokens, n_source_tokens + self.draft_tokens_over_source))
@@ -86,7 +90,9 @@ class Translator:
     def __init__(self, model, tokenizer, heads: Sequence[HeadRef], prompt_config: PromptConfig = PromptConfig(),
                  config: TranslatorConfig = TranslatorConfig(), policy_config: PolicyConfig = PolicyConfig(),
                  few_shot: Sequence[tuple[str, str]] = (), decode_config: DecodeConfig = DecodeConfig(),
-                 guards: GuardOptions = GuardOptions(), query_row: str = "own"):
+                 guards: GuardOptions = GuardOptions(), query_row: str = "own", decoder: Decoder | None = None):
+        """`decoder`: one already built for this model, heads and decode config (shared by the cascades of a
+        sweep worker, so static buffers and compiled graphs are built once); None builds one."""
         check_query_row(query_row)
         self.model = model
         self.tokenizer = tokenizer
@@ -100,7 +106,7 @@ class Translator:
         self.prompts = PromptBuilder(tokenizer, prompt_config, few_shot)
         self.char_level = is_char_level(prompt_config.target_lang)
         self._eos_ids = self._end_token_ids()
-        self.decoder = make_decoder(model, self.heads, decode_config)
+        self.decoder = decoder if decoder is not None else make_decoder(model, self.heads, decode_config)
 
     @classmethod
     def from_pretrained(cls, config: TranslatorConfig, heads_file: HeadsFile, prompt_config: PromptConfig,

@@ -3,8 +3,8 @@
     python -m eval.plot eval/results/*.json --out eval/results/quality_latency.png
 
 One line per (policy, language) through its operating points (presets, k for wait-k, gate settings for
-AlignAtt; a run named *published* is a family of its own), the IWSLT 2026 latency regimes shaded (low 0-2 s,
-high 2-4 s).
+AlignAtt; a run named *published* is a family of its own), the Pareto front over all runs of a language
+circled, the IWSLT 2026 latency regimes shaded (low 0-2 s, high 2-4 s).
 """
 from __future__ import annotations
 
@@ -56,6 +56,17 @@ def point_label(row: dict) -> str:
     return f"{row['preset']} {setting}".strip()
 
 
+def pareto_front(rows: list[dict], key: str) -> list[dict]:
+    """Rows no other row beats: none has lower-or-equal CU LongYAAL and higher-or-equal `key`, one of them strictly."""
+    scored = [r for r in rows if finite(r.get(key))]
+
+    def beats(a, b):
+        return (a["longyaal_cu_ms"] <= b["longyaal_cu_ms"] and a[key] >= b[key]
+                and (a["longyaal_cu_ms"], a[key]) != (b["longyaal_cu_ms"], b[key]))
+
+    return sorted((r for r in scored if not any(beats(o, r) for o in scored)), key=lambda r: r["longyaal_cu_ms"])
+
+
 def plot(rows: list[dict], out: Path) -> Path:
     metrics = [("chrf", "chrF"), ("bleu", "BLEU")]
     metrics += [("xcomet", "XCOMET-XL")] if any(finite(r.get("xcomet")) for r in rows) else []
@@ -78,6 +89,11 @@ def plot(rows: list[dict], out: Path) -> Path:
                     linestyle="-" if len(langs) == 1 else ["-", "--", ":"][sorted(langs).index(lang) % 3])
             for xi, yi, row in zip(x, y, group):
                 ax.annotate(point_label(row), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        for lang in sorted(langs):
+            front = pareto_front([r for r in rows if r["lang"] == lang], key)
+            ax.plot([r["longyaal_cu_ms"] / 1000 for r in front], [r[key] for r in front], drawstyle="steps-post",
+                    color="black", linestyle=":", marker="o", markerfacecolor="none", markersize=11, zorder=3,
+                    label="Pareto front" if len(langs) == 1 else f"Pareto front (en-{lang})")
         ax.set_xlabel("LongYAAL, computation-unaware (s)")
         ax.set_ylabel(name)
         ax.set_xlim(left=0)

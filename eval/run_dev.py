@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import soundfile
 from tqdm import tqdm
@@ -42,6 +43,8 @@ AGENT_CLASS = "eval.timed_agent.TimedAlignAttAgent"
 # Set by the runner from its own options; an agent flag repeating them would contradict it.
 RESERVED_FLAGS = ("--target-lang", "--preset", "--policy", "--wait-k", "--source-segment-size", "--output",
                   "--source", "--target", "--eval-latency-unit", "--agent", "--agent-class", "--step-ms")
+# Runs a `simuleval ...` command line, given its output folder and number of instances; raises when it fails.
+Execute = Callable[[list[str], Path, int], None]
 TSV_COLUMNS = ("run", "lang", "preset", "policy", "talks", "audio_s", "bleu", "chrf", "xcomet", "longyaal_cu_ms",
                "longyaal_ca_ms", "streamlaal_cu_ms", "streamlaal_ca_ms", "empty_share", "length_ratio", "compute_s",
                "rtf")
@@ -116,8 +119,9 @@ class Run:
                 "--no-progress-bar", "--no-scoring", "--target-lang", self.args.lang, "--preset", self.args.preset,
                 "--policy", self.args.policy, "--wait-k", str(self.args.wait_k), *self.agent_flags]
 
-    def _simuleval(self, talks: list[str], folder: Path) -> tuple[list[str], float]:
-        """simuleval over `talks` (one instance each) into `folder`; returns the command and its wall time."""
+    def _simuleval(self, talks: list[str], folder: Path, execute: Execute | None = None) -> tuple[list[str], float]:
+        """simuleval over `talks` (one instance each) into `folder`; returns the command and its wall time.
+        `execute` runs the command (default: a `simuleval` process; a sweep worker runs it in its own process)."""
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         (folder / "source.txt").write_text("".join(f"{self.wav(t)}\n" for t in talks), encoding="utf-8")
@@ -125,22 +129,27 @@ class Run:
         (folder / "target.txt").write_text(
             "".join(joiner.join(self.data.talk_lines(t, self.args.lang)) + "\n" for t in talks), encoding="utf-8")
         command = self.simuleval_command(folder)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-        timeout_s = self.args.talk_timeout_s * len(talks) if self.args.talk_timeout_s else None
         start = time.perf_counter()
-        with (folder / "simuleval.log").open("w", encoding="utf-8") as log:
-            done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env, timeout=timeout_s)
+        (execute or self._subprocess)(command, folder, len(talks))
         wall_s = time.perf_counter() - start
-        if done.returncode != 0 or not (folder / "instances.log").is_file():
-            tail = (folder / "simuleval.log").read_text(encoding="utf-8")[-3000:]
-            raise RuntimeError(f"simuleval failed on {', '.join(talks)} (exit {done.returncode}); "
-                               f"log: {folder / 'simuleval.log'}\n{tail}")
+        if not (folder / "instances.log").is_file():
+            raise RuntimeError(f"simuleval wrote no instances.log for {', '.join(talks)}: {folder}")
         return command, wall_s
 
-    def run_talk(self, talk: str) -> None:
+    def _subprocess(self, command: list[str], folder: Path, n_talks: int) -> None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        timeout_s = self.args.talk_timeout_s * n_talks if self.args.talk_timeout_s else None
+        with (folder / "simuleval.log").open("w", encoding="utf-8") as log:
+            done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env, timeout=timeout_s)
+        if done.returncode != 0:
+            tail = (folder / "simuleval.log").read_text(encoding="utf-8")[-3000:]
+            raise RuntimeError(f"simuleval failed in {folder} (exit {done.returncode}); "
+                               f"log: {folder / 'simuleval.log'}\n{tail}")
+
+    def run_talk(self, talk: str, execute: Execute | None = None) -> None:
         """simuleval on one talk, in a scratch folder renamed into place only once it succeeded."""
         partial = self.talk_dir(talk).with_name(talk + ".partial")
-        command, wall_s = self._simuleval([talk], partial)
+        command, wall_s = self._simuleval([talk], partial, execute)
         (partial / "run.json").write_text(json.dumps({"command": shlex.join(command), "wall_s": round(wall_s, 1)},
                                                      indent=2) + "\n", encoding="utf-8")
         partial.rename(self.talk_dir(talk))
@@ -244,8 +253,9 @@ def write_row(out: Path, row: dict) -> None:
 
     def cell(key):
         value = row[key]
-        if key == "talks":
-            return str(len(value))
+        if key == "talks":  # "done/planned" when a sweep scored a run over the talks that finished
+            planned = row.get("talks_planned", len(value))
+            return str(len(value)) if planned == len(value) else f"{len(value)}/{planned}"
         return f"{value:.2f}" if isinstance(value, float) else "" if value is None else str(value)
 
     rows.append("\t".join(cell(k) for k in TSV_COLUMNS))

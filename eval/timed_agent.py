@@ -18,15 +18,16 @@ from pathlib import Path
 from simuleval.agents.actions import WriteAction
 
 from agents.alignatt_agent import AlignAttAgent
+from alignatt.model_pool import ModelPool
 
 STEPS_FILE = "steps.jsonl"
 
 
 class TimedAlignAttAgent(AlignAttAgent):
-    def __init__(self, args):
-        super().__init__(args)
+    def __init__(self, args, models: ModelPool | None = None):
+        super().__init__(args, models)
         output = getattr(args, "output", None)
-        self._steps = open(Path(output) / STEPS_FILE, "a", encoding="utf-8") if output else None  # noqa: SIM115
+        self._steps_path = Path(output) / STEPS_FILE if output else None
         self._n_finished = 0  # instances finished so far: the index of the talk a step belongs to
 
     def policy(self, states=None):
@@ -38,16 +39,16 @@ class TimedAlignAttAgent(AlignAttAgent):
         take_replayed_ms = getattr(self.cascade.asr, "take_replayed_ms", None)
         if take_replayed_ms is not None:
             compute_ms += take_replayed_ms()
-        if self._steps is not None:
+        if self._steps_path is not None:
             rate = states.source_sample_rate or 16000
             written = action.content if isinstance(action, WriteAction) else ""
             step = self.cascade.last_step
-            self._steps.write(json.dumps({"source_ms": len(states.source) * 1000.0 / rate,
-                                          "compute_ms": compute_ms, "written": written,
-                                          "finished": bool(states.source_finished),
-                                          "instance": self._n_finished,
-                                          "step": dataclasses.asdict(step) if step else None},
-                                         ensure_ascii=False) + "\n")
-            self._steps.flush()
+            line = json.dumps({"source_ms": len(states.source) * 1000.0 / rate, "compute_ms": compute_ms,
+                               "written": written, "finished": bool(states.source_finished),
+                               "instance": self._n_finished, "step": dataclasses.asdict(step) if step else None},
+                              ensure_ascii=False)
+            # Opened per step: a sweep worker builds many agents in one process and must not leak their files.
+            with self._steps_path.open("a", encoding="utf-8") as steps:
+                steps.write(line + "\n")
         self._n_finished += bool(states.source_finished)
         return action
