@@ -168,9 +168,8 @@ class SweepWorker:
 
     def run(self, job: Job) -> dict:
         run = self._runs.get(job.config) or self._runs.setdefault(job.config, job.config.run())
-        started = time.perf_counter()
         run.run_talk(job.talk, execute=lambda command, folder, _: run_simuleval(command, folder, self.models))
-        return {"job": str(job), "wall_s": time.perf_counter() - started, "models_loaded": len(self.models.loads)}
+        return {"models_loaded": len(self.models.loads)}
 
 
 @dataclass
@@ -194,6 +193,7 @@ class Sweep:
     attempts: Counter = field(default_factory=Counter)
     running: dict = field(default_factory=dict)  # ObjectRef -> (worker, job, start time)
     pids: dict = field(default_factory=dict)  # worker -> process id
+    models_loaded: dict = field(default_factory=dict)  # worker process id -> models it has loaded so far
 
     def __post_init__(self):
         self.jobs = deque(self.jobs)  # the queue: a retried job goes to its end
@@ -215,7 +215,7 @@ class Sweep:
 
         worker, job, _ = self.running.pop(ref)
         try:
-            ray.get(ref)
+            result = ray.get(ref)
         except ray.exceptions.RayError as err:
             dead = not isinstance(err, ray.exceptions.RayTaskError)  # the worker process is gone
             self.attempts[job] += 1
@@ -233,6 +233,7 @@ class Sweep:
                 return self._new_worker()
             return worker
         self.done.append(job)
+        self.models_loaded[self.pids[worker]] = result["models_loaded"]
         progress.update()
         return worker
 
@@ -302,6 +303,16 @@ def ray_session(address: str | None, local_cpus: int | None):
     return True
 
 
+def worker_spec(args: argparse.Namespace) -> WorkerSpec:
+    """What one worker reserves: a GPU each where the cluster has them (unless told), else CPU cores."""
+    import ray
+
+    gpus = args.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    return WorkerSpec(args.cpus_per_worker, gpus, args.threads or max(1, int(args.cpus_per_worker)))
+
+
 def worker_count(requested: int | None, spec: WorkerSpec) -> int:
     import ray
 
@@ -324,8 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=None,
                         help="workers (default: one per GPU with --gpus-per-worker, else one per --cpus-per-worker)")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPU cores a worker reserves")
-    parser.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs a worker reserves (1 on a GPU "
-                        "cluster)")
+    parser.add_argument("--gpus-per-worker", type=float, default=None,
+                        help="GPUs a worker reserves (default: 1 where the cluster has GPUs, else 0)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per worker (default: its reserved CPU cores)")
     parser.add_argument("--retries", type=int, default=2, help="attempts after the first before a job fails")
@@ -355,14 +366,14 @@ def main(argv=None) -> list[dict]:
     total = sum(len(c.run().talks) for c in configs)
     logger.info("%d runs, %d jobs, %d already done", len(configs), total, total - len(jobs))
     started = time.perf_counter()
-    spec = WorkerSpec(args.cpus_per_worker, args.gpus_per_worker, args.threads or max(1, int(args.cpus_per_worker)))
-    sweep = Sweep(jobs, 0, spec, args.retries, args.job_timeout_s)
+    sweep = Sweep(jobs, 0, WorkerSpec(), args.retries, args.job_timeout_s)
     if jobs:
         import ray
 
         owned = ray_session(args.address, None)
         try:
-            sweep.n_workers = worker_count(args.workers, spec)
+            sweep.spec = worker_spec(args)
+            sweep.n_workers = worker_count(args.workers, sweep.spec)
             sweep.run()
         finally:
             if owned:
@@ -371,7 +382,8 @@ def main(argv=None) -> list[dict]:
     summary = {"runs": len(configs), "jobs": total, "ran": len(sweep.done), "failed": {str(j): r for j, r in
                                                                                       sweep.failed.items()},
                "retried": sum(sweep.attempts.values()), "workers": sweep.n_workers,
-               "worker": dataclasses.asdict(spec), "wall_s": round(time.perf_counter() - started, 1)}
+               "worker": dataclasses.asdict(sweep.spec), "models_loaded_per_worker": sweep.models_loaded,
+               "wall_s": round(time.perf_counter() - started, 1)}
     Path(args.out, "sweep.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     plotted = [r for r in rows if finite(r.get("longyaal_cu_ms"))]
     if plotted:

@@ -99,6 +99,8 @@ def test_sweep_gives_the_run_dev_results_and_a_rerun_does_nothing(study, local_r
         assert "python -m eval.sweep" in row["commands"]["sweep"]
     summary = json.loads((out / "sweep.json").read_text())
     assert summary["ran"] == 4 and summary["failed"] == {} and summary["workers"] == 2
+    # Each worker loaded the translator, its decoder and the ASR once, however many jobs of both configs it ran.
+    assert sorted(summary["models_loaded_per_worker"].values()) == [3, 3]
     assert any((out / "asr_cache").rglob("*.json"))
     assert (out / "quality_latency.png").stat().st_size > 1000
     assert [line.split("\t")[0] for line in (out / "results.tsv").read_text().splitlines()[1:]] == \
