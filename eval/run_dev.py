@@ -47,7 +47,7 @@ RESERVED_FLAGS = ("--target-lang", "--preset", "--policy", "--wait-k", "--source
 Execute = Callable[[list[str], Path, int], None]
 TSV_COLUMNS = ("run", "lang", "preset", "policy", "talks", "audio_s", "bleu", "chrf", "xcomet", "longyaal_cu_ms",
                "longyaal_ca_ms", "streamlaal_cu_ms", "streamlaal_ca_ms", "empty_share", "length_ratio", "compute_s",
-               "rtf")
+               "rtf", "asr")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +99,7 @@ class Run:
         self.out = Path(args.out)
         self.dir = self.out / self.name
         self.char_level = is_char_level(args.lang)
+        self.asr_cached = any(flag.split("=")[0] == "--asr-cache-dir" for flag in agent_flags)
         for talk in self.talks:
             self.data.talk_segments(talk)  # unknown talk: fail before running anything
             if not self.wav(talk).is_file():
@@ -224,7 +225,10 @@ class Run:
             "length_ratio": coverage["length_ratio"],
             "coverage_definition": "reference segments left with no output after OmniSTEval's resegmentation; "
                                    "length_ratio = output / reference words (zh: characters)",
-            "ca_definition": "audio read + compute time of the policy call that wrote the unit (timed agent)",
+            "asr": "cached" if self.asr_cached else "live",
+            "ca_definition": "audio read + compute time of the policy call that wrote the unit (timed agent)"
+                             + ("; an ASR answer taken from the cache counts the compute time recorded when it was "
+                                "first transcribed" if self.asr_cached else ""),
             "compute_s": round(compute_s, 1), "rtf": round(compute_s / audio_s, 3) if audio_s else None,
             "wall_s": round(sum(r["wall_s"] for r in runs), 1),
             "omnisteval_scores": scores,

@@ -96,6 +96,7 @@ def test_sweep_gives_the_run_dev_results_and_a_rerun_does_nothing(study, local_r
         assert predictions(out, row["run"], TALKS) == expected
         assert row["bleu"] == expected_row["bleu"] and row["longyaal_cu_ms"] == expected_row["longyaal_cu_ms"]
         assert row["talks"] == TALKS and row["talks_failed"] == {}
+        assert (row["asr"], expected_row["asr"]) == ("cached", "live") and "recorded" in row["ca_definition"]
         assert "python -m eval.sweep" in row["commands"]["sweep"]
     summary = json.loads((out / "sweep.json").read_text())
     assert summary["ran"] == 4 and summary["failed"] == {} and summary["workers"] == 2
