@@ -34,12 +34,17 @@ class PolicySelection:
     wait_k: int = field(default=3, metadata={
         "help": "wait-k only: target unit i (from 0) of a sentence is written once k + i of its source units "
                 "are accessible"})
+    max_lead_units: int = field(default=-1, metadata={
+        "help": "alignatt only: a sentence's written target units never exceed its accessible source units by more "
+                "than this (the gate then only vetoes within that budget); -1: no cap"})
 
     def __post_init__(self):
         if self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}: choose one of {', '.join(POLICIES)}")
         if self.wait_k < 1:
             raise ValueError(f"wait_k must be >= 1, got {self.wait_k}")
+        if self.max_lead_units < -1:
+            raise ValueError(f"max_lead_units must be >= 0 (or -1: no cap), got {self.max_lead_units}")
 
     @property
     def label(self) -> str:
@@ -125,11 +130,23 @@ def writable_units(draft: DraftUnits, n_units: int, hold_sentence_end: bool) -> 
     return n_units
 
 
+@dataclass(frozen=True)
 class AlignAttPolicy:
-    """The attention gate, already applied by the translator."""
+    """The attention gate, already applied by the translator; optionally capped so that a sentence's target never
+    runs more than `max_lead_units` units ahead of its accessible source (heads that point back at heard words
+    for words the model made up would otherwise let a guess through)."""
+
+    max_lead_units: int = -1
+    hold_sentence_end: bool = True
 
     def accept(self, result, translator, n_accessible_units, state) -> str:
-        return result.new_text
+        text = result.new_text
+        if self.max_lead_units >= 0:
+            gated = DraftUnits(text, tuple(unit_spans(text, translator.char_level)))
+            budget = max(0, n_accessible_units + self.max_lead_units - state.n_units_written)
+            text = gated.prefix(writable_units(gated, min(len(gated.spans), budget), self.hold_sentence_end))
+        state.n_units_written += len(unit_spans(text, translator.char_level))
+        return text
 
 
 @dataclass(frozen=True)
@@ -167,4 +184,4 @@ def make_policy(selection: PolicySelection = PolicySelection(), hold_sentence_en
         return LocalAgreementPolicy(hold_sentence_end)
     if selection.policy == "wait-k":
         return WaitKPolicy(selection.wait_k, hold_sentence_end)
-    return AlignAttPolicy()
+    return AlignAttPolicy(selection.max_lead_units, hold_sentence_end)

@@ -97,6 +97,24 @@ def test_alignatt_policy_keeps_the_gate_s_text():
                                    SentenceDecisions()) == "Wir"
 
 
+def test_alignatt_lead_cap_only_vetoes_within_the_frontier_budget():
+    policy, state, reader = AlignAttPolicy(max_lead_units=0), SentenceDecisions(), CharTranslator()
+    gated = "Wir schlagen eine neue"  # what the gate let through
+    assert policy.accept(scripted(gated, new_text=gated), reader, 0, state) == ""  # nothing heard yet
+    assert policy.accept(scripted(gated, new_text=gated), reader, 2, state) == "Wir schlagen"
+    assert state.n_units_written == 2
+    # The budget never adds text the gate stopped: 5 accessible units, but the gate passed one unit only.
+    assert policy.accept(scripted(" eine neue", new_text=" eine"), reader, 5, state) == " eine"
+    assert AlignAttPolicy(max_lead_units=1).accept(scripted(gated, new_text=gated), reader, 2,
+                                                   SentenceDecisions()) == "Wir schlagen eine"
+    # Cut inside the text, the cap still never leaves a sentence end behind.
+    assert AlignAttPolicy(max_lead_units=0).accept(scripted("Ja. Wir", new_text="Ja. Wir"), reader, 1,
+                                                   SentenceDecisions()) == ""
+    with pytest.raises(ValueError, match="max_lead_units"):
+        PolicySelection("alignatt", max_lead_units=-2)
+    assert make_policy(PolicySelection(max_lead_units=1)) == AlignAttPolicy(1)
+
+
 # --- options ----------------------------------------------------------------------------------------------
 
 def test_policy_flags_and_config_keys():

@@ -61,7 +61,8 @@ def test_asr_cache_defaults_to_the_output_folder(tmp_path):
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """Two talks, tiny checkpoints, and the run_dev results of both configs (per-talk processes, live ASR)."""
+    """Two talks, tiny checkpoints, and the run_dev results of both configs (one simuleval process per config,
+    live ASR)."""
     require_espeak()
     root = tmp_path_factory.mktemp("sweep")
     data = synth_dev_set(root / "synth", TALKS, write_two_talk_dev_set(root / "text")).root
@@ -70,7 +71,7 @@ def study(tmp_path_factory):
     reference = {}
     for run in RUNS:
         row = run_dev.main(["--data", str(data), "--lang", "de", "--preset", run["preset"], "--policy", run["policy"],
-                            "--wait-k", str(run.get("wait_k", 3)), "--comet-model", "", "--out",
+                            "--wait-k", str(run.get("wait_k", 3)), "--comet-model", "", "--one-process", "--out",
                             str(root / "run_dev"), *flags])
         reference[row["run"]] = (predictions(root / "run_dev", row["run"], TALKS), row)
     return root, data, flags, reference
