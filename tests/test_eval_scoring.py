@@ -92,3 +92,12 @@ def test_segment_coverage_counts_segments_left_empty(tmp_path):
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert segment_coverage(path, "de") == {"segments": 3, "empty_segments": 1, "empty_share": round(1 / 3, 4),
                                             "length_ratio": round(5 / 9, 4)}
+
+
+def test_pareto_front_keeps_the_rows_nothing_beats():
+    rows = [{"run": name, "longyaal_cu_ms": ms, "chrf": chrf} for name, ms, chrf in
+            [("fast", 1000, 30.0), ("slow-better", 3000, 40.0), ("dominated", 3500, 39.0), ("tie", 3000, 40.0),
+             ("middle", 2000, 35.0), ("worse-and-faster", 900, 20.0), ("unscored", 500, None)]]
+    front = [r["run"] for r in plot.pareto_front(rows, "chrf")]
+    # Equal points do not beat each other; a row without the metric is left out.
+    assert front == ["worse-and-faster", "fast", "middle", "slow-better", "tie"]
