@@ -80,15 +80,20 @@ class WhisperBackend(AsrBackend):
         return cls(model, options)
 
     def transcribe(self, audio: np.ndarray, offset_s: float) -> list[Word]:
+        from threadpoolctl import threadpool_limits  # with faster-whisper, in the whisper extra
+
         check_audio(audio)
         if len(audio) == 0:
             return []
         # No conditioning on previous text and no VAD: each window is transcribed on its own, and the
-        # incremental transcriber relies on identical audio giving identical words.
-        segments, _ = self.model.transcribe(
-            audio, language=self.options.language, word_timestamps=True, beam_size=self.options.beam_size,
-            condition_on_previous_text=False, vad_filter=False)
+        # incremental transcriber relies on identical audio giving identical words. The log-mel features are
+        # numpy BLAS products whose rounding depends on the BLAS thread count (OMP_NUM_THREADS: 1 in a Ray worker,
+        # all cores in a shell), and whisper then writes other words: one BLAS thread, wherever it runs.
+        with threadpool_limits(limits=1, user_api="blas"):
+            segments, _ = self.model.transcribe(
+                audio, language=self.options.language, word_timestamps=True, beam_size=self.options.beam_size,
+                condition_on_previous_text=False, vad_filter=False)
+            timed = [(w.word.strip(), w.start, w.end) for segment in segments for w in (segment.words or [])]
         duration_s = window_duration_s(audio)
-        words = [to_absolute(w.word.strip(), w.start, w.end, offset_s, duration_s)
-                 for segment in segments for w in (segment.words or []) if w.word.strip()]
+        words = [to_absolute(text, start_s, end_s, offset_s, duration_s) for text, start_s, end_s in timed if text]
         return make_monotonic(words)

@@ -87,3 +87,24 @@ def test_incremental_transcription_commits_the_first_sentence(backend, speech):
     assert 3.5 < first.units[-1].end_s < 5.5  # "times." ends around 4.4 s
     assert transcriber.boundary_s == pytest.approx(first.units[-1].end_s)
     assert all(unit.end_s >= transcriber.boundary_s for unit in source.open_sentence.units)
+
+
+def test_features_use_one_blas_thread_whatever_the_environment(backend, speech, monkeypatch):
+    """numpy's BLAS rounds the log-mel features differently at other thread counts and whisper then writes other
+    words (seen: 2 threads in a shell, 1 in a Ray worker); transcription pins one BLAS thread."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    seen = []
+    transcribe = backend.model.transcribe
+
+    def recording(*args, **kwargs):
+        seen.append({pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"})
+        return transcribe(*args, **kwargs)
+
+    monkeypatch.setattr(backend.model, "transcribe", recording)
+    window = speech[: 5 * SAMPLE_RATE_HZ]
+    with threadpool_limits(limits=2, user_api="blas"):
+        wide = backend.transcribe(window, offset_s=0.0)
+    with threadpool_limits(limits=1, user_api="blas"):
+        narrow = backend.transcribe(window, offset_s=0.0)
+    assert seen == [{1}, {1}] and wide == narrow

