@@ -44,5 +44,3 @@ def test_cascades_share_the_pool_s_models_and_translate_alike(tmp_path):
     assert alone.translator.model is not alignatt.translator.model
     shared = translate(alignatt, audio, rate)
     assert shared and shared == translate(alone, audio, rate)
-    assert translate(wait_k, audio, rate) == translate(build_cascade(parse([*common, "--policy", "wait-k",
-                                                                            "--wait-k", "1"])), audio, rate)
