@@ -140,13 +140,13 @@ class AlignAttPolicy:
     hold_sentence_end: bool = True
 
     def accept(self, result, translator, n_accessible_units, state) -> str:
-        text = result.new_text
+        gated = DraftUnits(result.new_text, tuple(unit_spans(result.new_text, translator.char_level)))
+        n = len(gated.spans)
         if self.max_lead_units >= 0:
-            gated = DraftUnits(text, tuple(unit_spans(text, translator.char_level)))
             budget = max(0, n_accessible_units + self.max_lead_units - state.n_units_written)
-            text = gated.prefix(writable_units(gated, min(len(gated.spans), budget), self.hold_sentence_end))
-        state.n_units_written += len(unit_spans(text, translator.char_level))
-        return text
+            n = writable_units(gated, min(n, budget), self.hold_sentence_end)
+        state.n_units_written += n
+        return gated.prefix(n)
 
 
 @dataclass(frozen=True)

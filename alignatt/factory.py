@@ -104,7 +104,7 @@ def with_gate(args):
     return SimpleNamespace(**{**vars(args), **GATES[gate]})
 
 
-def _translator(args, models: ModelPool) -> tuple[Translator, bool]:
+def _translator(args, guards: GuardOptions, models: ModelPool) -> tuple[Translator, bool]:
     """The translator named by `args` around the pool's weights and decoder; True when the decoder is new
     (and so not warmed up yet)."""
     config = dataclass_from_args(TranslatorConfig, args, prefix="mt-")
@@ -119,7 +119,7 @@ def _translator(args, models: ModelPool) -> tuple[Translator, bool]:
     decoder = models.get(decoder_key, lambda: make_decoder(model, heads, decode_config))
     translator = Translator(model, tokenizer, heads, prompt_config, config, dataclass_from_args(PolicyConfig, args),
                             read_few_shot(getattr(args, "few_shot_file", None)), decode_config,
-                            dataclass_from_args(GuardOptions, args), heads_file.query_row, decoder)
+                            guards, heads_file.query_row, decoder)
     return translator, new_decoder
 
 
@@ -146,7 +146,7 @@ def build_cascade(args, models: ModelPool | None = None) -> Cascade:
     args = with_gate(args)
     guards = dataclass_from_args(GuardOptions, args)
     policy = make_policy(dataclass_from_args(PolicySelection, args), guards.hold_sentence_end)  # fails fast
-    translator, new_decoder = _translator(args, models)
+    translator, new_decoder = _translator(args, guards, models)
     backend, new_backend = _asr_backend(args, models)
     # Warm up only once every model exists: constructing a model of a new class invalidates compiled graphs.
     if new_decoder:

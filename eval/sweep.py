@@ -18,8 +18,8 @@ simuleval command line of that run, parsed and evaluated by SimulEval in the wor
 built around the worker's loaded models (eval/in_process.py). A worker is a Ray actor, one per GPU or per CPU
 slot; jobs that share a backbone reuse its models. ASR answers are cached per window (`--asr-cache-dir`, default
 OUT/asr_cache), so a talk is transcribed once per ASR model and chunk size; computation-aware latency still
-counts the recorded ASR time. A job whose worker dies or that raises is retried up to --retries times on
-another worker, then marked failed. Finished talks stay on disk (OUT/RUN/talks/TALK), so a rerun resumes and
+counts the recorded ASR time. A job whose worker dies or that raises goes back to the end of the queue up to
+--retries more times (a dead worker is replaced by a fresh one), then is marked failed. Finished talks stay on disk (OUT/RUN/talks/TALK), so a rerun resumes and
 never repeats one. Every run is scored as `eval.run_dev` scores it (OmniSTEval on the merged talks), over the
 talks that finished; rows land in OUT/RUN.json and OUT/results.tsv, the plot in OUT/quality_latency.png.
 
@@ -167,7 +167,9 @@ class SweepWorker:
         return os.getpid()
 
     def run(self, job: Job) -> dict:
-        run = self._runs.get(job.config) or self._runs.setdefault(job.config, job.config.run())
+        if job.config not in self._runs:
+            self._runs[job.config] = job.config.run()
+        run = self._runs[job.config]
         run.run_talk(job.talk, execute=lambda command, folder, _: run_simuleval(command, folder, self.models))
         return {"models_loaded": len(self.models.loads)}
 
@@ -198,6 +200,7 @@ class Sweep:
     def __post_init__(self):
         self.jobs = deque(self.jobs)  # the queue: a retried job goes to its end
         self._actor = None
+        self._stopped = set()  # workers killed for a job over the timeout, until their job settles
 
     def _new_worker(self):
         import ray
@@ -230,6 +233,7 @@ class Sweep:
             if dead:
                 ray.kill(worker)
                 self.pids.pop(worker, None)
+                self._stopped.discard(worker)
                 return self._new_worker()
             return worker
         self.done.append(job)
@@ -241,10 +245,11 @@ class Sweep:
         import ray
 
         now = time.perf_counter()
-        for worker, job, started in list(self.running.values()):
-            if self.job_timeout_s and now - started > self.job_timeout_s:
+        for worker, job, started in self.running.values():
+            if self.job_timeout_s and now - started > self.job_timeout_s and worker not in self._stopped:
                 logger.warning("%s: over %.0f s, stopping its worker", job, self.job_timeout_s)
                 ray.kill(worker)  # its job then ends with an actor error and is retried or failed
+                self._stopped.add(worker)
 
     def run(self) -> None:
         import ray

@@ -159,3 +159,20 @@ def test_a_failing_job_is_retried_then_reported_and_the_rest_scored(study, local
     [row] = sweep.score(configs, job_sweep.failed, out, "test")
     assert row["talks"] == ["talkA"] and row["talks_planned"] == 2 and "talkB" in row["talks_failed"]
     assert (out / "results.tsv").read_text().splitlines()[1].split("\t")[4] == "1/2"
+
+
+def test_a_job_over_the_timeout_has_its_worker_stopped_and_fails(study, local_ray, tmp_path):
+    root, data, flags, reference = study
+    _, configs = sweep.plan([str(write_grid(tmp_path / "grid.yaml", data, RUNS[:1])), "--out", str(tmp_path / "out"),
+                             "--", *flags])
+    jobs = sweep.pending_jobs(configs)[:1]
+    job_sweep = sweep.Sweep(jobs, n_workers=1, retries=0, job_timeout_s=0.5)
+    first_pid = None
+    runner = threading.Thread(target=job_sweep.run)
+    runner.start()
+    while first_pid is None and runner.is_alive():
+        first_pid = next(iter(job_sweep.pids.values()), None)
+        time.sleep(0.05)
+    runner.join(timeout=300)
+    assert not runner.is_alive() and list(job_sweep.failed) == jobs and job_sweep.done == []
+    assert first_pid is not None and first_pid not in job_sweep.pids.values()  # the overdue worker was stopped
