@@ -112,6 +112,12 @@ class DraftReader(Protocol):
 
 
 class DraftPolicy(Protocol):
+    # What the policy writes depends on the draft only up to the first token the gate stops.
+    until_rejected: bool
+
+    def quota(self, n_accessible_units: int, state: SentenceDecisions) -> int | None:
+        """The most units this step can write, known before drafting (None: no bound)."""
+
     def accept(self, result: DraftResult, translator: DraftReader, n_accessible_units: int,
                state: SentenceDecisions) -> str:
         """Text to append to the open sentence's accepted translation (may be empty)."""
@@ -138,12 +144,18 @@ class AlignAttPolicy:
 
     max_lead_units: int = -1
     hold_sentence_end: bool = True
+    until_rejected = True
+
+    def quota(self, n_accessible_units, state) -> int | None:
+        if self.max_lead_units < 0:
+            return None
+        return max(0, n_accessible_units + self.max_lead_units - state.n_units_written)
 
     def accept(self, result, translator, n_accessible_units, state) -> str:
         gated = DraftUnits(result.new_text, tuple(unit_spans(result.new_text, translator.char_level)))
         n = len(gated.spans)
-        if self.max_lead_units >= 0:
-            budget = max(0, n_accessible_units + self.max_lead_units - state.n_units_written)
+        budget = self.quota(n_accessible_units, state)
+        if budget is not None:
             n = writable_units(gated, min(n, budget), self.hold_sentence_end)
         state.n_units_written += n
         return gated.prefix(n)
@@ -154,6 +166,10 @@ class LocalAgreementPolicy:
     """LocalAgreement-2: write what two consecutive drafts agree on."""
 
     hold_sentence_end: bool = True
+    until_rejected = False
+
+    def quota(self, n_accessible_units, state) -> int | None:
+        return None  # every draft feeds the next agreement, whatever is written now
 
     def accept(self, result, translator, n_accessible_units, state) -> str:
         draft = _units_of(result, translator)
@@ -170,10 +186,14 @@ class WaitKPolicy:
 
     k: int
     hold_sentence_end: bool = True
+    until_rejected = False
+
+    def quota(self, n_accessible_units, state) -> int | None:
+        return wait_k_quota(n_accessible_units, self.k, state.n_units_written)
 
     def accept(self, result, translator, n_accessible_units, state) -> str:
         draft = _units_of(result, translator)
-        n = min(len(draft.spans), wait_k_quota(n_accessible_units, self.k, state.n_units_written))
+        n = min(len(draft.spans), self.quota(n_accessible_units, state))
         n = writable_units(draft, n, self.hold_sentence_end)
         state.n_units_written += n
         return draft.prefix(n)

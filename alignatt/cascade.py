@@ -32,6 +32,9 @@ class CascadeOptions:
     min_audio_s: float = field(default=2.0, metadata={"help": "translation starts after this much audio"})
     history_sentences: int = field(default=0, metadata={
         "help": "earlier (source, translation) sentence pairs shown in the prompt"})
+    whole_drafts: bool = field(default=False, metadata={
+        "help": "draft to the end, and draft when the policy can write nothing: slower, the same written text "
+                "(by default a draft stops where the rest could not be written); the step log shows whole drafts"})
 
     def __post_init__(self):
         if self.step_ms < 0 or self.min_audio_s < 0 or self.history_sentences < 0:
@@ -57,6 +60,7 @@ class StepReport:
     n_draft_tokens: int
     n_accepted_tokens: int  # tokens the gate let through
     stop: str  # the token that stopped the draft and the source unit it looked at ("" if none)
+    quota: int | None  # the most units the policy could write in this step (None: no bound; 0: nothing drafted)
     written: str  # text written in this step (final passes and the draft)
 
 
@@ -68,6 +72,8 @@ class _DraftKey:
     n_accessible_units: int
     target_prefix: str
     history: tuple
+    until_rejected: bool  # the draft stopped at the gate's first rejected token
+    max_units: int | None  # the draft stopped once it started more units than this
 
 
 @dataclass
@@ -133,13 +139,14 @@ class Cascade:
         units = self._finish_committed()
         open_sentence = talk.source.open_sentence
         accessible = talk.source.accessible_units(self.heard_s)
-        step, skipped, drafted = None, False, []
+        step, skipped, quota, drafted = None, False, None, []
         if open_sentence.units:
-            step, skipped, accessible = self._draft(open_sentence, accessible)
-            drafted = self._accept(self.policy.accept(step, self.translator, accessible, talk.decisions))
+            step, skipped, accessible, quota = self._draft(open_sentence, accessible)
+            if step is not None:
+                drafted = self._accept(self.policy.accept(step, self.translator, accessible, talk.decisions))
             if drafted:
                 talk.prefix_heard_units = accessible
-        self.last_step = self._report(open_sentence, len(update.committed), accessible, step, skipped,
+        self.last_step = self._report(open_sentence, len(update.committed), accessible, step, skipped, quota,
                                       units + drafted)
         return units + drafted
 
@@ -152,18 +159,26 @@ class Cascade:
         talk.source.apply(talk.transcriber.finish(talk.audio))
         return self._finish_committed()
 
-    def _draft(self, sentence: SourceSentence, accessible: int) -> tuple[DraftResult, bool, int]:
-        """Draft the open sentence (or reuse the last draft when nothing it depends on changed); also return the
-        frontier in the drafted source's units."""
+    def _draft(self, sentence: SourceSentence, accessible: int
+               ) -> tuple[DraftResult | None, bool, int, int | None]:
+        """Draft the open sentence (or reuse the last draft when nothing it depends on changed, or skip it when
+        the policy can write nothing); also return the frontier in the drafted source's units and the quota."""
         talk = self.talk
         source = strip_sentence_final(sentence.text) if self.guards.strip_open_punctuation else sentence.text
         n_units = len(split_units(source, self.source_options.char_level))  # stripping may drop a "." unit
-        key = _DraftKey(source, min(accessible, n_units), talk.target_prefix, tuple(talk.history))
+        accessible = min(accessible, n_units)
+        quota = self.policy.quota(accessible, talk.decisions)
+        whole = self.options.whole_drafts
+        if quota == 0 and not whole:
+            return None, False, accessible, quota
+        key = _DraftKey(source, accessible, talk.target_prefix, tuple(talk.history),
+                        until_rejected=self.policy.until_rejected and not whole, max_units=None if whole else quota)
         if self.guards.skip_unchanged_drafts and talk.last_draft is not None and talk.last_draft[0] == key:
-            return talk.last_draft[1], True, key.n_accessible_units
-        step = self.translator.draft(key.source, key.n_accessible_units, key.target_prefix, key.history)
+            return talk.last_draft[1], True, accessible, quota
+        step = self.translator.draft(key.source, accessible, key.target_prefix, key.history,
+                                     until_rejected=key.until_rejected, max_units=key.max_units)
         talk.last_draft = (key, step)
-        return step, False, key.n_accessible_units
+        return step, False, accessible, quota
 
     def _finish_committed(self) -> list[str]:
         talk, units = self.talk, []
@@ -182,7 +197,7 @@ class Cascade:
         return units
 
     def _report(self, sentence: SourceSentence, n_committed: int, accessible: int, step: DraftResult | None,
-                skipped: bool, written: list[str]) -> StepReport:
+                skipped: bool, quota: int | None, written: list[str]) -> StepReport:
         draft = self.translator.continuation_text(step.prompt, step.draft_ids) if step else ""
         return StepReport(
             heard_s=self.heard_s, transcript=sentence.text, n_committed=n_committed,
@@ -190,7 +205,7 @@ class Cascade:
             n_accessible_units=accessible, draft=draft, draft_skipped=skipped,
             n_draft_tokens=len(step.draft_ids) if step else 0,
             n_accepted_tokens=step.gate.n_accepted_tokens if step else 0,
-            stop=self.translator.describe_stop(step) if step else "",
+            stop=self.translator.describe_stop(step) if step else "", quota=quota,
             written=(("" if self.translator.char_level else " ").join(written)))
 
     def _accept(self, new_text: str) -> list[str]:

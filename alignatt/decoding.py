@@ -18,10 +18,10 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
-from transformers import CompileConfig, GenerationConfig, StaticCache
+from transformers import CompileConfig, GenerationConfig, StaticCache, StoppingCriteria, StoppingCriteriaList
 from transformers.cache_utils import StaticLayer
 
 from alignatt.capture import HeadRef, capture_heads
@@ -80,6 +80,11 @@ class DecodeConfig:
         return resolve_decode_mode(self.decode, device)
 
 
+# Called after every generated token with the capture so far (every position but the newest token's) and the
+# generated token ids; True ends the generation there.
+StopWhen = Callable[[object, list[int]], bool]
+
+
 @dataclass(frozen=True)
 class Request:
     """One greedy generation. Rows from `capture_from` on are captured (None: no capture needed)."""
@@ -88,6 +93,34 @@ class Request:
     generation: GenerationConfig
     capture_from: int | None = None
     generate_kwargs: dict = field(default_factory=dict)
+    stop_when: StopWhen | None = None
+
+    def __post_init__(self):
+        if self.stop_when is not None and self.capture_from is None:
+            raise ValueError("a stop callback reads the capture: set capture_from")
+
+
+class _CaptureWatch(StoppingCriteria):
+    """Ends generation when `stop_when` says so, given `read(n_fed)`: the capture of the first n_fed positions."""
+
+    def __init__(self, read: Callable[[int], object], stop_when: StopWhen, n_prompt_tokens: int):
+        self.read = read
+        self.stop_when = stop_when
+        self.n_prompt_tokens = n_prompt_tokens
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        generated = input_ids[0, self.n_prompt_tokens:].tolist()
+        stop = self.stop_when(self.read(input_ids.shape[1] - 1), generated)  # the newest token is not fed yet
+        return torch.full((input_ids.shape[0],), bool(stop), dtype=torch.bool, device=input_ids.device)
+
+
+def _generate_kwargs(request: Request, read: Callable[[int], object]) -> dict:
+    """The request's generate() arguments, with its stop callback added to its stopping criteria."""
+    if request.stop_when is None:
+        return request.generate_kwargs
+    watch = _CaptureWatch(read, request.stop_when, len(request.input_ids))
+    criteria = StoppingCriteriaList([*request.generate_kwargs.get("stopping_criteria", ()), watch])
+    return {**request.generate_kwargs, "stopping_criteria": criteria}
 
 
 @dataclass(frozen=True)
@@ -120,7 +153,8 @@ class EagerDecoder:
         if request.capture_from is None:
             return Generated(_run_generate(self.model, input_ids, request.generation, **request.generate_kwargs), None)
         with capture_heads(self.model, self.heads, query_start_position=request.capture_from) as capture:
-            tokens = _run_generate(self.model, input_ids, request.generation, **request.generate_kwargs)
+            kwargs = _generate_kwargs(request, lambda n_fed: capture)  # the live capture holds what was fed
+            tokens = _run_generate(self.model, input_ids, request.generation, **kwargs)
         return Generated(tokens, capture)
 
     def warm_up(self, filler_ids: Sequence[int], generation: GenerationConfig) -> None:
@@ -220,10 +254,11 @@ class StaticDecoder:
 
     def _generate_static(self, request: Request) -> Generated:
         input_ids = torch.tensor([list(request.input_ids)], device=self.model.device)
+        kwargs = _generate_kwargs(request, lambda n_fed: self.capture.sequence(request.capture_from, n_fed))
         with self.capture:
             reused = self.prompt_kv.rewind(request.input_ids, self.config.reuse_prompt_kv)
             tokens = _run_generate(self.model, input_ids, self._generation_config(request.generation),
-                                   past_key_values=self.prompt_kv.cache, **request.generate_kwargs)
+                                   past_key_values=self.prompt_kv.cache, **kwargs)
         fed = list(request.input_ids) + tokens[:-1]  # the last generated token is never fed back
         self.prompt_kv.fed(fed)
         captured = None

@@ -127,6 +127,7 @@ def step_line(report: StepReport, compute_s: float, lag_s: float) -> str:
     else:
         draft = "no draft"
     stop = f" | gate stopped {report.stop}" if report.stop else ""
+    stop += f" | quota {report.quota} units" if report.quota is not None else ""
     behind = f" | {lag_s:.1f} s behind" if lag_s > 0.05 else ""
     return f"[{report.heard_s:6.2f} s] {frontier} | {draft}{stop} | compute {compute_s:.2f} s{behind}"
 

@@ -15,27 +15,29 @@ import torch
 from alignatt.capture import HeadRef, LayerCapture, QKCapture
 
 
-def visible_keys_mask(row_positions: torch.Tensor, n_keys: int, sliding_window: int | None) -> torch.Tensor:
-    """(R, K) bool: key position k is visible to the row at position p (causal, and p - k < window)."""
-    key_positions = torch.arange(n_keys)
-    rows = row_positions.reshape(-1, 1)
-    visible = key_positions.reshape(1, -1) <= rows
-    if sliding_window is not None:
-        visible &= rows - key_positions.reshape(1, -1) < sliding_window
-    return visible
+def visible_key_range(row_position: int, sliding_window: int | None) -> tuple[int, int]:
+    """[start, end) of the key positions the row at `row_position` sees: causal, and within the window."""
+    start = 0 if sliding_window is None else max(0, row_position + 1 - sliding_window)
+    return start, row_position + 1
 
 
 def replay_layer(cap: LayerCapture) -> torch.Tensor:
-    """(B, Hq, R, K) float32 attention probabilities of every captured row of one layer."""
+    """(B, Hq, R, K) float32 attention probabilities of every captured row of one layer.
+
+    Row by row over exactly the keys it sees, so that a row's probabilities do not depend on how many rows or keys
+    were captured after it (a draft stopped early is judged bit for bit like the same rows of a longer one).
+    """
     queries = cap.queries().float()  # (B, Hq, R, D)
     keys = cap.keys().float()  # (B, Hq, K, D)
-    row_positions = cap.query_positions()
-    if int(row_positions.max()) >= cap.n_keys:
+    row_positions = cap.query_positions().tolist()
+    if max(row_positions) >= cap.n_keys:
         raise RuntimeError(f"layer {cap.layer}: a query row lies beyond the captured keys")
-    scores = torch.matmul(queries, keys.transpose(-1, -2)) * cap.scaling  # (B, Hq, R, K)
-    visible = visible_keys_mask(row_positions, cap.n_keys, cap.sliding_window).to(scores.device)
-    scores = scores.masked_fill(~visible, float("-inf"))
-    return torch.softmax(scores, dim=-1)
+    probs = queries.new_zeros(queries.shape[:3] + (cap.n_keys,))
+    for row, position in enumerate(row_positions):
+        start, end = visible_key_range(position, cap.sliding_window)
+        scores = torch.matmul(queries[:, :, row:row + 1], keys[:, :, start:end].transpose(-1, -2)) * cap.scaling
+        probs[:, :, row:row + 1, start:end] = torch.softmax(scores, dim=-1)
+    return probs
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig,
                           StoppingCriteriaList)
 
 from alignatt.capture import HeadRef
-from alignatt.decoding import DecodeConfig, Decoder, Request, make_decoder
+from alignatt.decoding import DecodeConfig, Decoder, Request, StopWhen, make_decoder
 from alignatt.devices import resolve_device, resolve_dtype
 from alignatt.gguf_cache import DEFAULT_CACHE_DIR, converted_checkpoint
 from alignatt.guards import GuardOptions, final_pass_budget, hold_sentence_end, trim_repeated_start
@@ -23,7 +23,7 @@ from alignatt.heads import HeadsFile, check_query_row, query_row_position
 from alignatt.policy import GateDecision, PolicyConfig, complete_units_text, gate_draft
 from alignatt.prompt import PromptBuilder, PromptConfig, RenderedPrompt
 from alignatt.replay import DraftAttention, replay, split_draft_attention
-from alignatt.text_units import is_char_level
+from alignatt.text_units import is_char_level, unit_spans
 
 logger = logging.getLogger(__name__)
 
@@ -158,14 +158,15 @@ class Translator:
         filler = self.prompts.render("This sentence only warms up the translator.", "", None)
         self.decoder.warm_up(filler.input_ids, self._generation_config(self.config.max_draft_tokens))
 
-    def _generate(self, prompt: RenderedPrompt, max_new_tokens: int, capture: bool, must_continue: bool = False):
+    def _generate(self, prompt: RenderedPrompt, max_new_tokens: int, capture: bool, must_continue: bool = False,
+                  stop_when: StopWhen | None = None):
         generation = self._generation_config(max_new_tokens, must_continue)
         kwargs = {}
         if self.prompts.config.style == "plain":  # base models: one line per translation
             kwargs = {"stopping_criteria": self._line_end}
         return self.decoder.generate(Request(
             input_ids=prompt.input_ids, generation=generation,
-            capture_from=prompt.n_tokens - 1 if capture else None, generate_kwargs=kwargs))
+            capture_from=prompt.n_tokens - 1 if capture else None, generate_kwargs=kwargs, stop_when=stop_when))
 
     def continuation_text(self, prompt: RenderedPrompt, token_ids: Sequence[int]) -> str:
         """Text that `token_ids` add after the prompt (decoded with the prompt's last token as anchor, so
@@ -186,28 +187,60 @@ class Translator:
         return generated, False
 
     def draft(self, source: str, n_accessible_units: int, target_prefix: str = "",
-              history: Sequence[tuple[str, str]] = ()) -> DraftResult:
-        """Draft after `target_prefix` for the live `source` and accept what the gate allows."""
+              history: Sequence[tuple[str, str]] = (), until_rejected: bool = False,
+              max_units: int | None = None) -> DraftResult:
+        """Draft after `target_prefix` for the live `source` and accept what the gate allows.
+
+        Generation may stop early, where nothing after could change what a policy writes: `until_rejected` at
+        the first token the gate stops (the gate is causal: a token's verdict never depends on later tokens);
+        `max_units` once the draft has started more than that many target units (its first `max_units` units
+        are then complete).
+        """
         prompt = self.prompts.render(source, target_prefix, n_accessible_units, history)
         if prompt.n_units == 0:
             return DraftResult(prompt, (), False, False, None, GateDecision(0, ()), "")
         budget = self.config.draft_budget(len(prompt.source_token_positions))
-        generated = self._generate(prompt, budget, capture=True)
+        stop_when = self._early_stop(prompt, n_accessible_units, until_rejected, max_units)
+        generated = self._generate(prompt, budget, capture=True, stop_when=stop_when)
         draft_ids, ended = self._split_end(prompt, generated.token_ids)
-        first_row = query_row_position(prompt.n_tokens, self.query_row)  # the row judging the first draft token
-        attention = split_draft_attention(replay(generated.captured, self.heads), prompt.source_token_positions,
-                                          prompt.source_accessible_mask(), first_row=first_row,
-                                          draft_start=prompt.n_tokens)
-        # Under "own" the last generated token was never fed back, so it has no row: it is never judged, and
-        # waits for the next draft (it is the end of the draft, usually an incomplete unit anyway).
-        n_rows = min(len(draft_ids), attention.n_rows)
-        gate = gate_draft(attention.source[:, :n_rows], prompt.source_token_units,
-                          attention.mass_inaccessible[:, :n_rows], n_accessible_units, self.policy_config)
+        attention, gate = self._judge(prompt, generated.captured, len(draft_ids), n_accessible_units)
         may_end = ended and not self.guards.hold_draft_end
         new_text = self._accepted_text(prompt, draft_ids, gate.n_accepted_tokens, may_end)
         if self.guards.hold_sentence_end:
             new_text = hold_sentence_end(new_text, self.char_level)
         return DraftResult(prompt, tuple(draft_ids), ended, may_end, attention, gate, new_text)
+
+    def _judge(self, prompt: RenderedPrompt, captured, n_draft_tokens: int, n_accessible_units: int
+               ) -> tuple[DraftAttention, GateDecision]:
+        """Replay the heads on the draft rows captured so far and gate the first `n_draft_tokens` tokens."""
+        first_row = query_row_position(prompt.n_tokens, self.query_row)  # the row judging the first draft token
+        attention = split_draft_attention(replay(captured, self.heads), prompt.source_token_positions,
+                                          prompt.source_accessible_mask(), first_row=first_row,
+                                          draft_start=prompt.n_tokens)
+        # Under "own" the last generated token was never fed back, so it has no row: it is never judged, and
+        # waits for the next draft (it is the end of the draft, usually an incomplete unit anyway).
+        n_rows = min(n_draft_tokens, attention.n_rows)
+        if n_rows == 0:
+            return attention, GateDecision(0, ())
+        gate = gate_draft(attention.source[:, :n_rows], prompt.source_token_units,
+                          attention.mass_inaccessible[:, :n_rows], n_accessible_units, self.policy_config)
+        return attention, gate
+
+    def _early_stop(self, prompt: RenderedPrompt, n_accessible_units: int, until_rejected: bool,
+                    max_units: int | None) -> StopWhen | None:
+        if not until_rejected and max_units is None:
+            return None
+
+        def stop(captured, token_ids: list[int]) -> bool:
+            if max_units is not None:
+                text = self.continuation_text(prompt, token_ids)
+                if len(unit_spans(text, self.char_level)) > max_units:
+                    return True
+            if until_rejected:
+                gate = self._judge(prompt, captured, len(token_ids), n_accessible_units)[1]
+                return bool(gate.verdicts) and not gate.verdicts[-1].accepted
+            return False
+        return stop
 
     def describe_stop(self, result: DraftResult) -> str:
         """The token that stopped the draft and the source unit it looked at ("" when nothing stopped it)."""

@@ -84,6 +84,7 @@ def main() -> None:
     profile.disable()
     compute_s = pushes[-1].wall_s
     steps = [fed.compute_s for fed in pushes if fed.report is not None]
+    drafted = [fed.report for fed in pushes if fed.report is not None and not fed.report.draft_skipped]
     units = [unit for fed in pushes for unit in fed.units]
     audio_s = len(samples) / rate
     totals = component_seconds(pstats.Stats(profile))
@@ -96,6 +97,7 @@ def main() -> None:
         "compute_s": round(compute_s, 2), "rtf": round(compute_s / audio_s, 3),
         "step_ms_mean": round(1000 * sum(steps) / max(1, len(steps)), 1),
         "step_ms_max": round(1000 * max(steps, default=0.0), 1),
+        "drafts": sum(r.n_draft_tokens > 0 for r in drafted), "draft_tokens": sum(r.n_draft_tokens for r in drafted),
         "components_s": {name: round(seconds, 2) for name, seconds in totals.items()},
         "components_ms_per_step": {name: round(1000 * seconds / max(1, len(steps)), 1)
                                    for name, seconds in totals.items()},

@@ -160,7 +160,7 @@ class OracleTranslator:
         assert words[: len(written)] == written, "a draft always continues the accepted prefix"
         return (" " if written else "") + " ".join(words[len(written):])
 
-    def draft(self, source, n_accessible_units, target_prefix="", history=()):
+    def draft(self, source, n_accessible_units, target_prefix="", history=(), until_rejected=False, max_units=None):
         self.n_steps += 1
         words = self.translation(source)
         text = self._rest(words + [f"GUESS{self.n_steps}", "MORE"], target_prefix)
@@ -178,6 +178,10 @@ class Recording:
     def __init__(self, policy):
         self.policy = policy
         self.steps = []
+        self.until_rejected = policy.until_rejected
+
+    def quota(self, n_accessible_units, state):
+        return self.policy.quota(n_accessible_units, state)
 
     def accept(self, result, translator, n_accessible_units, state):
         units = draft_units(translator.continuation_text(result.prompt, result.draft_ids), result.ended,

@@ -6,7 +6,7 @@ import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from alignatt.capture import HeadRef, QKCapture, capture_heads
-from alignatt.replay import replay, visible_keys_mask
+from alignatt.replay import replay, visible_key_range
 from tiny_models import SLIDING_WINDOW, build, build_gemma4_conditional
 
 PROMPT_LEN = 3 * SLIDING_WINDOW + 1  # longer than the sliding window
@@ -128,6 +128,7 @@ def test_capture_refuses_non_sdpa_models():
         QKCapture(model, [HeadRef(0, 0)])
 
 
-def test_sliding_mask_counts_the_row_itself():
-    mask = visible_keys_mask(torch.tensor([10]), 12, sliding_window=4)
-    assert mask[0].nonzero().flatten().tolist() == [7, 8, 9, 10]
+def test_sliding_window_counts_the_row_itself():
+    assert visible_key_range(10, sliding_window=4) == (7, 11)
+    assert visible_key_range(2, sliding_window=4) == (0, 3)
+    assert visible_key_range(10, sliding_window=None) == (0, 11)

@@ -42,8 +42,8 @@ class SpyTranslator(Translator):
         super().__init__(*args, **kwargs)
         self.calls = []
 
-    def draft(self, source, n_accessible_units, target_prefix="", history=()):
-        result = super().draft(source, n_accessible_units, target_prefix, history)
+    def draft(self, source, n_accessible_units, target_prefix="", history=(), until_rejected=False, max_units=None):
+        result = super().draft(source, n_accessible_units, target_prefix, history, until_rejected, max_units)
         self.calls.append(("draft", source, n_accessible_units, target_prefix, result.new_text))
         return result
 
@@ -139,7 +139,7 @@ class FixedTranslator:
     def __init__(self):
         self.max_source_words = 0
 
-    def draft(self, source, n_accessible_units, target_prefix="", history=()):
+    def draft(self, source, n_accessible_units, target_prefix="", history=(), until_rejected=False, max_units=None):
         self.max_source_words = max(self.max_source_words, len(source.split()))
         return DraftResult(None, (), False, False, None, GateDecision(0, ()), "" if target_prefix else " wort")
 
@@ -182,7 +182,7 @@ class ScriptedTranslator(FixedTranslator):
         self.first_text, self.guards = first_text, guards
         self.drafts, self.finishes = [], []
 
-    def draft(self, source, n_accessible_units, target_prefix="", history=()):
+    def draft(self, source, n_accessible_units, target_prefix="", history=(), until_rejected=False, max_units=None):
         self.drafts.append((source, n_accessible_units, target_prefix))
         text = self.first_text if len(self.drafts) == 1 else ""
         return DraftResult(None, (7,), False, False, None, GateDecision(0, ()), text)
