@@ -2,7 +2,7 @@
 # The lead-cap study on the offline proxy (faster-whisper base + Gemma-3-270M base, espeak-ng MCIF talks, en-de),
 # run with eval.sweep (2 Ray workers on 2 cores, ASR cached in eval/synth/asr_cache):
 #   bash eval/results/gate/lead_cap.sh tune      # tuning talks 1-3 -> eval/results/gate/tune-sweep
-#   bash eval/results/gate/lead_cap.sh heldout   # held-out talks 7-9 -> eval/results/gate/heldout-sweep
+#   bash eval/results/gate/lead_cap.sh heldout   # held-out talks 7-12 -> eval/results/gate/heldout-sweep
 # Resumable: finished talks are kept. Its rows are not comparable with sweep.sh's: those ran whisper's features on
 # 2 BLAS threads, which transcribe other words than the 1 BLAS thread whisper now always uses (README.md here).
 set -euo pipefail
