@@ -8,7 +8,8 @@ OUT/RUN/talks/NAME/ (instances.log, steps.jsonl, simuleval.log); a talk whose in
 so an interrupted run resumes. `--one-process` runs the pending talks as the instances of one simuleval
 process (models loaded once) and then splits its logs per talk. The talks' logs are merged and scored together (OmniSTEval longform: BLEU, chrF,
 LongYAAL CU and CA, XCOMET-XL where its weights exist; StreamLAAL with SimulStream's scorer) and the row
-lands in OUT/RUN.json and OUT/results.tsv (RUN = LANG.PRESET.POLICY, e.g. de.low.wait-k3).
+lands in OUT/RUN.json and OUT/results.tsv (RUN = LANG.PRESET.POLICY, e.g. de.low.wait-k3; with --step-ms
+instead of a preset, e.g. de.500ms.local-agreement).
 Flags the runner does not know go to the agent unchanged.
 """
 from __future__ import annotations
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lang", default="de", help="target language: de, it or zh")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="low",
                         help="operating point; also sets simuleval's --source-segment-size")
+    parser.add_argument("--step-ms", type=float, default=None,
+                        help="step (chunk) size in ms instead of the preset's, e.g. LocalAgreement at 500 or "
+                             "2000 ms; the agent then runs its defaults with --step-ms")
     parser.add_argument("--policy", choices=POLICIES, default="alignatt", help="simultaneous policy")
     parser.add_argument("--wait-k", type=int, default=3, help="k of the wait-k policy")
     parser.add_argument("--talks", nargs="+", default=None, help="talks to run (wav stems; default: all)")
@@ -95,7 +99,7 @@ class Run:
         self.data = DevSet.load(args.data)
         self.audio_dir = Path(args.audio_dir or Path(args.data) / "wav")
         self.talks = list(args.talks or self.data.talks())[: args.n_talks]
-        self.name = args.name or f"{args.lang}.{args.preset}.{self.selection.label}"
+        self.name = args.name or f"{args.lang}.{self.operating_point}.{self.selection.label}"
         self.out = Path(args.out)
         self.dir = self.out / self.name
         self.char_level = is_char_level(args.lang)
@@ -106,6 +110,15 @@ class Run:
                 raise FileNotFoundError(f"no audio for talk {talk}: {self.wav(talk)} "
                                         "(synthesise talks with `python -m eval.synth_talks`)")
 
+    @property
+    def step_ms(self) -> float:
+        return self.args.step_ms if self.args.step_ms is not None else PRESETS[self.args.preset]["step_ms"]
+
+    @property
+    def operating_point(self) -> str:
+        """The preset's name, or the step size when --step-ms replaces the preset."""
+        return self.args.preset if self.args.step_ms is None else f"{self.args.step_ms:g}ms"
+
     def wav(self, talk: str) -> Path:
         return (self.audio_dir / self.data.talk_segments(talk)[0].wav).resolve()
 
@@ -113,12 +126,13 @@ class Run:
         return self.dir / "talks" / talk
 
     def simuleval_command(self, talk_dir: Path) -> list[str]:
-        step_ms = PRESETS[self.args.preset]["step_ms"]
+        step = ["--preset", self.args.preset] if self.args.step_ms is None else ["--step-ms", f"{self.step_ms:g}"]
         return ["simuleval", "--agent-class", AGENT_CLASS, "--source", str(talk_dir / "source.txt"),
                 "--target", str(talk_dir / "target.txt"), "--output", str(talk_dir),
-                "--source-segment-size", f"{step_ms:g}", "--eval-latency-unit", "char" if self.char_level else "word",
-                "--no-progress-bar", "--no-scoring", "--target-lang", self.args.lang, "--preset", self.args.preset,
-                "--policy", self.args.policy, "--wait-k", str(self.args.wait_k), *self.agent_flags]
+                "--source-segment-size", f"{self.step_ms:g}", "--eval-latency-unit",
+                "char" if self.char_level else "word", "--no-progress-bar", "--no-scoring",
+                "--target-lang", self.args.lang, *step, "--policy", self.args.policy, "--wait-k", str(self.args.wait_k),
+                *self.agent_flags]
 
     def _simuleval(self, talks: list[str], folder: Path, execute: Execute | None = None) -> tuple[list[str], float]:
         """simuleval over `talks` (one instance each) into `folder`; returns the command and its wall time.
@@ -212,7 +226,8 @@ class Run:
         audio_s = sum(soundfile.info(str(self.wav(t))).duration for t in self.talks)
         compute_s = sum(s["compute_ms"] for s in steps) / 1000
         return {
-            "run": self.name, "lang": self.args.lang, "preset": self.args.preset, "policy": self.selection.label,
+            "run": self.name, "lang": self.args.lang, "preset": self.operating_point, "step_ms": self.step_ms,
+            "policy": self.selection.label,
             "wait_k": self.args.wait_k if self.args.policy == "wait-k" else None,
             "talks": self.talks, "n_segments": sum(len(self.data.talk_segments(t)) for t in self.talks),
             "audio_s": round(audio_s, 1),

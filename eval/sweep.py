@@ -11,6 +11,7 @@ GRID.yaml names the dev set and the runs; a list value expands into one run per 
     runs:
       - {preset: [low, high], policy: alignatt, agent: {source_margin_ms: [0, 500]}}
       - {preset: low, policy: wait-k, wait_k: [2, 4, 6]}
+      - {step_ms: [500, 2000], policy: local-agreement}   # a step size instead of a preset
       - {preset: low, policy: alignatt, name: "{lang}.published", agent: {gate: published}}
 
 Each run is exactly an `eval.run_dev` configuration, and each job goes through the same code as there: the
@@ -56,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 GRID_KEYS = {"data", "audio_dir", "lang", "talks", "n_talks", "comet_model", "agent", "runs"}
-RUN_KEYS = {"preset", "policy", "wait_k", "lang", "name", "agent"}
+RUN_KEYS = {"preset", "step_ms", "policy", "wait_k", "lang", "name", "agent"}
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,8 @@ def _default_name(lang: str, runner: dict, agent: dict) -> str:
     policy = runner.get("policy", "alignatt")
     label = f"wait-k{runner.get('wait_k', 3)}" if policy == "wait-k" else policy
     knobs = "".join(f".{key.replace('_', '-')}={value}" for key, value in agent.items())
-    return f"{lang}.{runner.get('preset', 'low')}.{label}{knobs}"
+    point = f"{runner['step_ms']:g}ms" if "step_ms" in runner else runner.get("preset", "low")
+    return f"{lang}.{point}.{label}{knobs}"
 
 
 def expand_grid(grid: dict, out: Path, extra_agent_flags: list[str] = ()) -> list[Config]:

@@ -29,12 +29,14 @@ def test_grid_expands_every_combination_into_run_dev_configs(tmp_path):
     grid = {"data": "d", "n_talks": 2, "agent": {"asr_backend": "whisper"},
             "runs": [{"preset": ["low", "high"], "policy": "alignatt", "agent": {"source_margin_ms": [0, 500]}},
                      {"policy": "wait-k", "wait_k": [2, 4], "agent": {"source_require_stable": False}},
-                     {"policy": "alignatt", "name": "{lang}.published", "agent": {"gate": "published"}}]}
+                     {"policy": "alignatt", "name": "{lang}.published", "agent": {"gate": "published"}},
+                     {"step_ms": [500, 2000], "policy": "local-agreement"}]}
     configs = sweep.expand_grid(grid, tmp_path)
     assert [c.name for c in configs] == [
         "de.low.alignatt.source-margin-ms=0", "de.low.alignatt.source-margin-ms=500",
         "de.high.alignatt.source-margin-ms=0", "de.high.alignatt.source-margin-ms=500",
-        "de.low.wait-k2.source-require-stable=False", "de.low.wait-k4.source-require-stable=False", "de.published"]
+        "de.low.wait-k2.source-require-stable=False", "de.low.wait-k4.source-require-stable=False", "de.published",
+        "de.500ms.local-agreement", "de.2000ms.local-agreement"]
     args, agent = run_dev.parse_args(list(configs[3].argv))
     assert (args.preset, args.policy, args.n_talks, args.out, args.name) == ("high", "alignatt", 2, str(tmp_path),
                                                                             configs[3].name)
