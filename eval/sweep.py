@@ -46,6 +46,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
+from alignatt.cascade import PRESETS
 from alignatt.factory import check_known
 from alignatt.model_pool import ModelPool
 from eval import run_dev
@@ -71,11 +72,22 @@ class Config:
         args, agent_flags = run_dev.parse_args(list(self.argv))
         return run_dev.Run(args, agent_flags, list(self.argv))
 
+    @property
+    def step_ms(self) -> float:
+        args, _ = run_dev.parse_args(list(self.argv))
+        return args.step_ms if args.step_ms is not None else PRESETS[args.preset]["step_ms"]
+
 
 @dataclass(frozen=True)
 class Job:
     config: Config
     talk: str
+
+    @property
+    def asr_key(self) -> tuple[str, float]:
+        """Jobs with one key ask the ASR for the same windows (same talk and step). A scheduling hint only: the
+        cache itself is keyed on the audio and the ASR's options, so a wrong guess costs time, never results."""
+        return self.talk, self.config.step_ms
 
     def __str__(self) -> str:
         return f"{self.config.name}/{self.talk}"
@@ -198,6 +210,7 @@ class Sweep:
     running: dict = field(default_factory=dict)  # ObjectRef -> (worker, job, start time)
     pids: dict = field(default_factory=dict)  # worker -> process id
     models_loaded: dict = field(default_factory=dict)  # worker process id -> models it has loaded so far
+    asr_recorded: set = field(default_factory=set)  # asr keys of jobs that finished, so their ASR is cached
 
     def __post_init__(self):
         self.jobs = deque(self.jobs)  # the queue: a retried job goes to its end
@@ -239,6 +252,7 @@ class Sweep:
                 return self._new_worker()
             return worker
         self.done.append(job)
+        self.asr_recorded.add(job.asr_key)
         self.models_loaded[self.pids[worker]] = result["models_loaded"]
         progress.update()
         return worker
@@ -253,6 +267,17 @@ class Sweep:
                 ray.kill(worker)  # its job then ends with an actor error and is retried or failed
                 self._stopped.add(worker)
 
+    def next_job(self) -> Job:
+        """The first queued job whose ASR no running job is recording right now; else the first job. Two jobs
+        on one talk and step would both transcribe it: the second one is worth starting only once the cache
+        holds the talk."""
+        recording = {job.asr_key for _, job, _ in self.running.values() if job.asr_key not in self.asr_recorded}
+        for index, job in enumerate(self.jobs):
+            if job.asr_key not in recording:
+                del self.jobs[index]
+                return job
+        return self.jobs.popleft()
+
     def run(self) -> None:
         import ray
 
@@ -261,7 +286,7 @@ class Sweep:
         with tqdm(total=len(queue), desc="sweep", unit="job") as progress:
             while queue or self.running:
                 while queue and idle:
-                    worker, job = idle.pop(), queue.popleft()
+                    worker, job = idle.pop(), self.next_job()
                     self.running[worker.run.remote(job)] = (worker, job, time.perf_counter())
                 ready, _ = ray.wait(list(self.running), num_returns=1, timeout=1.0)
                 for ref in ready:

@@ -61,6 +61,25 @@ def test_asr_cache_defaults_to_the_output_folder(tmp_path):
     assert "--asr-cache-dir" not in configs[0].argv
 
 
+def test_a_job_does_not_transcribe_a_talk_that_a_running_job_is_recording(tmp_path):
+    configs = sweep.expand_grid({"talks": TALKS, "runs": [{"preset": "low", "policy": "wait-k", "wait_k": [1, 2]},
+                                                          {"preset": "high", "policy": "alignatt"}]}, tmp_path)
+    jobs = [sweep.Job(config, talk) for config in configs for talk in TALKS]
+    job_sweep = sweep.Sweep(jobs, n_workers=2)
+    first = job_sweep.next_job()
+    job_sweep.running["ref"] = (None, first, 0.0)
+    # k=2 on talkA at 850 ms would transcribe it again: talkB (not being recorded) goes first.
+    assert (first.talk, job_sweep.next_job().talk) == ("talkA", "talkB")
+    job_sweep.running["ref2"] = (None, jobs[1], 0.0)
+    # Both 850 ms talks are being recorded: the 1500 ms ones (another step, other windows) go next.
+    assert job_sweep.next_job().asr_key == ("talkA", 1500.0)
+    job_sweep.asr_recorded.add(first.asr_key)  # talkA's ASR is cached once its first job finished
+    assert (job_sweep.next_job().config.name, job_sweep.jobs[0].talk) == ("de.low.wait-k2", "talkB")
+    job_sweep.asr_recorded.clear()  # all blocked: a worker still gets a job rather than idle
+    job_sweep.running["ref3"] = (None, jobs[-1], 0.0)
+    assert (job_sweep.next_job().config.name, len(job_sweep.jobs)) == ("de.low.wait-k2", 1)
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """Two talks, tiny checkpoints, and the run_dev results of both configs (one simuleval process per config,
