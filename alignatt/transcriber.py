@@ -9,7 +9,8 @@ hypotheses of that span agree word by word through a sentence-final word (. ? ! 
 - ellipses ("...", "…") and common abbreviations ("Mr.", "e.g.") do not end a sentence;
 - every agreed sentence end commits, so one update may commit several sentences.
 The committed last word's end time becomes the new boundary. Each update also says how many leading words of the
-open tail the previous hypothesis agreed on: the source frontier treats only those as stable. A length guard force-commits when the open audio
+open tail the previous hypothesis agreed on (`stable_words`: the common prefix, or through the last shared run of
+words after aligning both): the source frontier treats only those as stable. A length guard force-commits when the open audio
 exceeds `max_open_s`: the agreed prefix if any, else all but the last `force_keep_words` words (cut into sentences
 at the latest hypothesis's punctuation); when not even that exists (silence, noise) the audio older than
 `drop_keep_s` is dropped. `finish` commits everything at the end.
@@ -17,6 +18,7 @@ All times are absolute stream seconds.
 """
 from __future__ import annotations
 
+import difflib
 import logging
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
@@ -27,6 +29,9 @@ from alignatt.audio import SAMPLE_RATE_HZ, AudioBuffer
 logger = logging.getLogger(__name__)
 
 SENTENCE_FINAL = (".", "?", "!", "。", "？", "！")
+STABLE_WORDS = ("prefix", "aligned")
+# A shared run this short ("the", "and") matches by chance; two words in order rarely do.
+_MIN_ALIGNED_RUN = 2
 _ELLIPSES = ("...", "…")
 CLOSERS = "\"'”’»)]}」』"
 NON_FINAL_ABBREVIATIONS = frozenset({"mr.", "mrs.", "ms.", "dr.", "prof.", "st.", "vs.", "e.g.", "i.e.", "no."})
@@ -42,10 +47,16 @@ class TranscriberOptions:
         "help": "words left open by a forced commit when hypotheses do not agree"})
     drop_keep_s: float = field(default=5.0, metadata={
         "help": "audio kept open when a forced commit finds no words at all (silence, noise)"})
+    stable_words: str = field(default="prefix", metadata={
+        "help": "open words the frontier counts as stable: prefix (up to the first word the last two hypotheses "
+                "disagree on) or aligned (also past a disagreement, through the last run of at least two words "
+                "that both hypotheses share in the same order)"})
 
     def __post_init__(self):
         if self.max_open_s <= 0 or self.drop_keep_s < 0 or self.force_keep_words < 0:
             raise ValueError(f"invalid transcriber options: {self}")
+        if self.stable_words not in STABLE_WORDS:
+            raise ValueError(f"stable_words must be one of {', '.join(STABLE_WORDS)}, got {self.stable_words!r}")
         if self.drop_keep_s >= self.max_open_s:
             raise ValueError("drop_keep_s must be below max_open_s, or dropping would not bound the open audio")
 
@@ -98,6 +109,16 @@ def agreed_prefix_len(previous: Sequence[Word], current: Sequence[Word]) -> int:
     return count
 
 
+def aligned_stable_len(previous: Sequence[Word], current: Sequence[Word]) -> int:
+    """Leading words of `current` through the end of its last run of at least two words that `previous` has in
+    the same order (normalised words, aligned with difflib); never less than the agreed prefix. A whisper
+    rewrite of one early word ("Pappy" -> "Papi") then no longer holds back the words the ASR keeps saying."""
+    matcher = difflib.SequenceMatcher(None, [normalise(w.text) for w in previous],
+                                      [normalise(w.text) for w in current], autojunk=False)
+    ends = [block.b + block.size for block in matcher.get_matching_blocks() if block.size >= _MIN_ALIGNED_RUN]
+    return max([agreed_prefix_len(previous, current), *ends])
+
+
 def last_agreed_sentence_end(previous: Sequence[Word], current: Sequence[Word]) -> int:
     """Number of words up to the last sentence end both hypotheses agree on (0 if none)."""
     agreed = agreed_prefix_len(previous, current)
@@ -137,13 +158,18 @@ class IncrementalTranscriber:
         """Re-transcribe the open audio and commit what two consecutive hypotheses agree on."""
         hypothesis = self._transcribe_open(audio)
         previous, self._previous = self._previous, hypothesis
-        agreed = agreed_prefix_len(previous, hypothesis)
+        stable = self._stable_len(previous, hypothesis)
         cut = last_agreed_sentence_end(previous, hypothesis)
         if cut:
-            return self._commit(split_sentences(hypothesis[:cut], "agreed"), hypothesis[cut:], agreed - cut)
+            return self._commit(split_sentences(hypothesis[:cut], "agreed"), hypothesis[cut:], stable - cut)
         if audio.duration_s - self._boundary_s > self.options.max_open_s:
             return self._force_commit(previous, hypothesis, audio.duration_s)
-        return self._result([], hypothesis, agreed)
+        return self._result([], hypothesis, stable)
+
+    def _stable_len(self, previous: Sequence[Word], hypothesis: Sequence[Word]) -> int:
+        if self.options.stable_words == "aligned":
+            return aligned_stable_len(previous, hypothesis)
+        return agreed_prefix_len(previous, hypothesis)
 
     def finish(self, audio: AudioBuffer) -> TranscriptUpdate:
         """End of stream (call `audio.finish()` first): commit every remaining word."""
@@ -166,7 +192,7 @@ class IncrementalTranscriber:
         if count:
             logger.info("open audio over %.1f s: force-committing %d words", self.options.max_open_s, count)
             return self._commit(split_sentences(hypothesis[:count], "length_guard"), hypothesis[count:],
-                                agreed - count)
+                                self._stable_len(previous, hypothesis) - count)
         logger.warning("open audio over %.1f s with no committable words: dropping audio before %.1f s (%d words)",
                        self.options.max_open_s, now_s - self.options.drop_keep_s, len(hypothesis))
         self._boundary_s = max(self._boundary_s, now_s - self.options.drop_keep_s)

@@ -9,6 +9,7 @@ from alignatt.transcriber import (
     IncrementalTranscriber,
     TranscriberOptions,
     agreed_prefix_len,
+    aligned_stable_len,
     is_sentence_end,
     split_sentences,
 )
@@ -223,3 +224,21 @@ def test_stable_count_after_a_commit_counts_from_the_new_boundary():
     assert [s.text for s in updates[1].committed] == ["Hello there."]
     assert [w.text for w in updates[1].tail] == ["We", "go"] and updates[1].n_stable_tail_words == 1
     assert updates[2].n_stable_tail_words == 2  # "We go" agreed with the tail left after the commit
+
+
+def test_aligned_stability_reaches_past_a_rewritten_word():
+    before = words("Hi I'm Sarah Pappy from the universe")
+    after = words("Hi I'm Sarah Papi from the University of")
+    assert agreed_prefix_len(before, after) == 3
+    assert aligned_stable_len(before, after) == 6  # through "from the", shared in order after the rewrite
+    # A single shared word ("the") after a disagreement is chance, not agreement.
+    assert aligned_stable_len(words("we saw the cat"), words("we sat on the mat")) == 1
+    assert aligned_stable_len(words("a b"), words("x y")) == 0
+    scripted = [words("we saw a big red dog"), words("we sat a big red dog run"), words("we sat a big red dog runs")]
+    stable = {}
+    for mode in ("prefix", "aligned"):
+        transcriber = IncrementalTranscriber(ScriptedBackend(list(scripted)), TranscriberOptions(stable_words=mode))
+        stable[mode] = [u.n_stable_tail_words for u in run_updates(transcriber, AudioBuffer(), [1.0, 2.0, 3.0])]
+    assert stable == {"prefix": [0, 1, 6], "aligned": [0, 6, 6]}
+    with pytest.raises(ValueError, match="stable_words"):
+        TranscriberOptions(stable_words="suffix")
