@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class CascadeOptions:
     step_ms: float = field(default=850.0, metadata={
-        "help": "audio gathered before each ASR + translation step (the preset's chunk size)"})
+        "help": "audio gathered before each ASR + translation step (the chunk size)"})
     min_audio_s: float = field(default=2.0, metadata={"help": "translation starts after this much audio"})
     history_sentences: int = field(default=0, metadata={
         "help": "earlier (source, translation) sentence pairs shown in the prompt"})
@@ -39,10 +39,6 @@ class CascadeOptions:
     def __post_init__(self):
         if self.step_ms < 0 or self.min_audio_s < 0 or self.history_sentences < 0:
             raise ValueError(f"invalid cascade options: {self}")
-
-
-# Published operating points: chunk size decides the latency regime (IWSLT 2026 low 0-2 s, high 2-4 s).
-PRESETS = {"low": {"step_ms": 850.0}, "high": {"step_ms": 1500.0}}
 
 
 @dataclass(frozen=True)

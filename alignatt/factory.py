@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from alignatt.asr import BACKENDS, AsrBackend, load_backend
 from alignatt.asr_cache import CachedAsr
 from alignatt.baselines import PolicySelection, make_policy
-from alignatt.cascade import PRESETS, Cascade, CascadeOptions
+from alignatt.cascade import Cascade, CascadeOptions
 from alignatt.decoding import DecodeConfig, make_decoder
 from alignatt.guards import GuardOptions
 from alignatt.heads import HeadsFile, HeadsFileError, shipped_heads_path
@@ -28,7 +28,7 @@ from alignatt.translator import Translator, TranslatorConfig, load_model_and_tok
 
 logger = logging.getLogger(__name__)
 
-# Gate operating points. "tuned": the option defaults (frontier and guards chosen on the proxy sweep).
+# Gate operating points. "tuned": the preset's frontier and the option defaults of the guards.
 # "published": the published system's effective behaviour (DESIGN §2): every transcribed word counts as heard,
 # so only its guards act (trailing ASR punctuation stripped, the last word of a draft held back, unchanged
 # drafts skipped, repeats trimmed); text may end in a full stop before the sentence is committed.
@@ -37,6 +37,21 @@ GATES = {
     "published": {"source_margin_ms": 0.0, "source_require_stable": False, "border_units": 1,
                   "hold_sentence_end": False},
 }
+
+# Operating points, one per IWSLT 2026 latency regime (LongYAAL CU: low 0-2 s, high 2-4 s): a step size and a gate,
+# each the config with the best BLEU + chrF inside its regime on the proxy's tuning talks
+# (eval/results/curves/README.md). Every run has one (low unless --preset says otherwise); a flag given
+# explicitly wins over its preset's value.
+PRESETS = {
+    # A word is heard once 850 ms of audio follow it, however the ASR still rewrites it.
+    "low": {"step_ms": 850.0, "source_require_stable": False, "source_margin_ms": 850.0, "border_units": 1},
+    # A word is heard once two hypotheses 1.5 s apart share it (aligned, so one rewritten word does not hold
+    # back the rest).
+    "high": {"step_ms": 1500.0, "source_require_stable": True, "source_margin_ms": 0.0, "border_units": 1,
+             "stable_words": "aligned"},
+}
+DEFAULT_PRESET = "low"
+PRESET_KEYS = sorted({key for values in PRESETS.values() for key in values})
 
 
 def _option_groups():
@@ -50,9 +65,10 @@ def _option_groups():
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                        help="operating point: low (850 ms steps, ~2 s) or high (1500 ms steps, <4 s); "
-                             "overrides --step-ms")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
+                        help="operating point: low (LongYAAL 0-2 s) or high (2-4 s); sets the step and the gate "
+                             f"({'; '.join(f'{name}: {values}' for name, values in PRESETS.items())}), "
+                             "flags given explicitly win")
     parser.add_argument("--gate", choices=sorted(GATES), default="tuned",
                         help="gate operating point: tuned (the defaults) or published (reproduces the published "
                              "system: no frontier, its guards only); overrides the frontier and guard flags")
@@ -64,8 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "on the policy); computation-aware latency still counts the recorded ASR time")
     parser.add_argument("--few-shot-file", default=None,
                         help="JSONL of {src_ref, tgt_ref} examples for --style plain prompts")
+    by_preset = {key: "set by --preset" for key in PRESET_KEYS}  # None until then: not given explicitly
     for cls, prefix in _option_groups():
-        add_dataclass_arguments(parser, cls, prefix)
+        add_dataclass_arguments(parser, cls, prefix, filled_later=by_preset)
 
 
 def known_option_names() -> set[str]:
@@ -91,9 +108,17 @@ def load_heads(args, translator_config: TranslatorConfig, prompt_config: PromptC
     return heads
 
 
-def cascade_options(args) -> CascadeOptions:
-    preset = getattr(args, "preset", None)
-    return dataclass_from_args(CascadeOptions, args, **PRESETS.get(preset, {}))
+def with_preset(args):
+    """`args` with its preset's values (default: low) for the options not given explicitly (None or absent);
+    the options the preset does not set are left out, so they take their own defaults."""
+    preset = getattr(args, "preset", None) or DEFAULT_PRESET
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}: choose one of {', '.join(sorted(PRESETS))}")
+    values = {k: v for k, v in vars(args).items() if not (k in PRESET_KEYS and v is None)}
+    for key, value in PRESETS[preset].items():
+        values.setdefault(key, value)
+    values["preset"] = preset
+    return SimpleNamespace(**values)
 
 
 def with_gate(args):
@@ -143,7 +168,7 @@ def build_cascade(args, models: ModelPool | None = None) -> Cascade:
     """Wire the cascade named by `args`. Models come from `models` (loaded there on first use), so cascades built
     with one pool share them; None loads them for this cascade alone."""
     models = models if models is not None else ModelPool()
-    args = with_gate(args)
+    args = with_gate(with_preset(args))
     guards = dataclass_from_args(GuardOptions, args)
     policy = make_policy(dataclass_from_args(PolicySelection, args), guards.hold_sentence_end)  # fails fast
     translator, new_decoder = _translator(args, guards, models)
@@ -153,6 +178,6 @@ def build_cascade(args, models: ModelPool | None = None) -> Cascade:
         translator.warm_up()
     if new_backend:
         backend.warm_up()
-    return Cascade(backend, translator, cascade_options(args),
+    return Cascade(backend, translator, dataclass_from_args(CascadeOptions, args),
                    dataclass_from_args(TranscriberOptions, args),
                    dataclass_from_args(SourceOptions, args, prefix="source-"), policy)

@@ -25,20 +25,26 @@ def _value_type(annotation: Any) -> type:
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
-                            skip: tuple[str, ...] = ()) -> None:
-    """Add one flag per field of the dataclass `cls` (--prefix-field-name), help from field metadata."""
+                            skip: tuple[str, ...] = (), filled_later: dict[str, str] | None = None) -> None:
+    """Add one flag per field of the dataclass `cls` (--prefix-field-name), help from field metadata.
+    `filled_later` maps option names (prefix included, underscores) to who fills them in: their flags default
+    to None, so that what was not given explicitly can be told apart."""
     hints = typing.get_type_hints(cls)
+    filled_later = filled_later or {}
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         kind = _value_type(hints[f.name])
         help_text = f.metadata.get("help", "")
+        name = (prefix + f.name).replace("-", "_")
+        default = None if name in filled_later else f.default
+        shown = filled_later.get(name, f.default)
         if kind is bool:
-            parser.add_argument(_flag(prefix, f.name), action=argparse.BooleanOptionalAction, default=f.default,
-                                help=help_text)
+            parser.add_argument(_flag(prefix, f.name), action=argparse.BooleanOptionalAction, default=default,
+                                help=f"{help_text} (default: {shown})" if name in filled_later else help_text)
         else:
-            parser.add_argument(_flag(prefix, f.name), type=kind, default=f.default,
-                                help=f"{help_text} (default: {f.default})")
+            parser.add_argument(_flag(prefix, f.name), type=kind, default=default,
+                                help=f"{help_text} (default: {shown})")
 
 
 def _coerce(value: Any, kind: type, name: str) -> Any:

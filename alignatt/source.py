@@ -26,13 +26,13 @@ from alignatt.transcriber import CommitReason, TranscriptUpdate
 
 # Float slack so a word ending exactly at the heard time counts as heard despite rounding.
 _TIME_EPSILON_S = 1e-9
-# Chosen on the proxy sweep (eval/results/gate/): see the README's gate paragraph.
-DEFAULT_MARGIN_MS = 0.0
 
 
 @dataclass(frozen=True)
 class SourceOptions:
-    margin_ms: float = field(default=DEFAULT_MARGIN_MS, metadata={
+    # The engine's neutral values; a run takes its frontier from its preset (alignatt/factory.py, tuned on the
+    # proxy's sweep) unless a flag sets it.
+    margin_ms: float = field(default=0.0, metadata={
         "help": "audio that must follow a source unit's end time before the unit is accessible (0: off)"})
     require_stable: bool = field(default=True, metadata={
         "help": "a source unit is accessible only once two consecutive ASR hypotheses agree on its word"})

@@ -31,7 +31,7 @@ import soundfile
 from tqdm import tqdm
 
 from alignatt.baselines import POLICIES, PolicySelection
-from alignatt.cascade import PRESETS
+from alignatt.factory import PRESETS
 from alignatt.omnisteval import omnisteval_command, run_omnisteval
 from alignatt.text_units import is_char_level
 from eval.dev_set import MCIF_DEV, DevSet, write_segments, segment_entry
@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="low",
                         help="operating point; also sets simuleval's --source-segment-size")
     parser.add_argument("--step-ms", type=float, default=None,
-                        help="step (chunk) size in ms instead of the preset's, e.g. LocalAgreement at 500 or "
-                             "2000 ms; the agent then runs its defaults with --step-ms")
+                        help="step (chunk) size in ms instead of the preset's (its gate stays), e.g. "
+                             "LocalAgreement at 500 or 2000 ms")
     parser.add_argument("--policy", choices=POLICIES, default="alignatt", help="simultaneous policy")
     parser.add_argument("--wait-k", type=int, default=3, help="k of the wait-k policy")
     parser.add_argument("--talks", nargs="+", default=None, help="talks to run (wav stems; default: all)")
@@ -126,7 +126,9 @@ class Run:
         return self.dir / "talks" / talk
 
     def simuleval_command(self, talk_dir: Path) -> list[str]:
-        step = ["--preset", self.args.preset] if self.args.step_ms is None else ["--step-ms", f"{self.step_ms:g}"]
+        step = ["--preset", self.args.preset]
+        if self.args.step_ms is not None:
+            step += ["--step-ms", f"{self.step_ms:g}"]
         return ["simuleval", "--agent-class", AGENT_CLASS, "--source", str(talk_dir / "source.txt"),
                 "--target", str(talk_dir / "target.txt"), "--output", str(talk_dir),
                 "--source-segment-size", f"{self.step_ms:g}", "--eval-latency-unit",

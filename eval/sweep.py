@@ -46,8 +46,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from alignatt.cascade import PRESETS
-from alignatt.factory import check_known
+from alignatt.factory import PRESETS, check_known
 from alignatt.model_pool import ModelPool
 from eval import run_dev
 from eval.in_process import run_simuleval

@@ -6,12 +6,14 @@ import pytest
 from alignatt.baselines import (AlignAttPolicy, LocalAgreementPolicy, PolicySelection, SentenceDecisions,
                                 WaitKPolicy, agreed_units, draft_units, make_policy, wait_k_quota)
 from alignatt.cascade import Cascade, CascadeOptions
-from alignatt.factory import add_arguments, check_known, with_gate
+from alignatt.factory import DEFAULT_PRESET, PRESETS, add_arguments, check_known, with_gate, with_preset
 from alignatt.guards import GuardOptions
-from alignatt.policy import GateDecision
+from alignatt.options import dataclass_from_args
+from alignatt.policy import GateDecision, PolicyConfig
 from alignatt.prompt import PromptConfig
 from alignatt.source import SourceOptions
 from alignatt.text_units import split_units
+from alignatt.transcriber import TranscriberOptions
 from alignatt.translator import DraftResult, Translator, TranslatorConfig
 from test_cascade import HEADS, TALK, TimelineAsr, feed, timeline
 from tiny_models import build_gemma4_conditional
@@ -254,12 +256,50 @@ def test_baselines_on_the_real_translator(selection, tiny_translator):
     assert len(units) >= sum(len(accepted) for _, _, accepted, _ in steps)
 
 
+def resolved(*flags):
+    """The step, frontier and border the factory builds from these agent flags."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = with_gate(with_preset(parser.parse_args(list(flags))))
+    return (dataclass_from_args(CascadeOptions, args).step_ms, dataclass_from_args(SourceOptions, args, "source-"),
+            dataclass_from_args(PolicyConfig, args).border_units,
+            dataclass_from_args(TranscriberOptions, args).stable_words)
+
+
+def preset_values(name):
+    values = {"stable_words": TranscriberOptions().stable_words, **PRESETS[name]}
+    return (values["step_ms"], values["source_margin_ms"], values["source_require_stable"], values["border_units"],
+            values["stable_words"])
+
+
+def flat(step_ms, source, border, stable_words):
+    return step_ms, source.margin_ms, source.require_stable, border, stable_words
+
+
+def test_presets_set_step_and_gate_and_explicit_flags_win():
+    assert flat(*resolved()) == preset_values(DEFAULT_PRESET) == preset_values("low")  # the tuned defaults
+    assert flat(*resolved("--preset", "high")) == preset_values("high")
+    assert preset_values("low") != preset_values("high")
+    flipped = not PRESETS["low"]["source_require_stable"]
+    explicit = resolved("--preset", "low", "--step-ms", "500", "--source-margin-ms", "300", "--border-units", "2",
+                        "--source-require-stable" if flipped else "--no-source-require-stable")
+    assert flat(*explicit)[:4] == (500.0, 300.0, flipped, 2)
+    # SimulStream's YAML names only what it sets: the preset (low unless named) fills in the rest.
+    from_yaml = with_preset(argparse.Namespace(border_units=3))
+    assert dataclass_from_args(SourceOptions, from_yaml, "source-").margin_ms == PRESETS["low"]["source_margin_ms"]
+    assert dataclass_from_args(PolicyConfig, from_yaml).border_units == 3
+    # --gate published replaces the preset's frontier: every transcribed word is heard.
+    _, source, _, _ = resolved("--preset", "high", "--gate", "published")
+    assert (source.margin_ms, source.require_stable) == (0.0, False)
+    with pytest.raises(ValueError, match="unknown preset"):
+        with_preset(argparse.Namespace(preset="mid"))
+
+
 def test_gate_operating_points():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    tuned = with_gate(parser.parse_args([]))
-    assert (tuned.source_margin_ms, tuned.source_require_stable, tuned.hold_sentence_end) == (
-        SourceOptions().margin_ms, True, True)
+    tuned = with_gate(parser.parse_args(["--source-margin-ms", "0", "--source-require-stable"]))
+    assert (tuned.source_margin_ms, tuned.source_require_stable, tuned.hold_sentence_end) == (0, True, True)
     published = with_gate(parser.parse_args(["--gate", "published", "--source-margin-ms", "400"]))
     # The published system counts every transcribed word as heard and may end text in a full stop.
     assert published.source_margin_ms == 0 and not published.source_require_stable

@@ -4,7 +4,7 @@ import pytest
 
 from alignatt.asr import AsrBackend, Word
 from alignatt.audio import SAMPLE_RATE_HZ
-from alignatt.cascade import PRESETS, Cascade, CascadeOptions
+from alignatt.cascade import Cascade, CascadeOptions
 from alignatt.capture import HeadRef
 from alignatt.guards import GuardOptions
 from alignatt.policy import GateDecision
@@ -124,10 +124,6 @@ def test_empty_and_silent_talks_write_nothing(translator):
     cascade = Cascade(TimelineAsr([]), translator, CascadeOptions(step_ms=500))
     assert cascade.finish() == []
     assert all(out == [] for out in feed(cascade, 4.0)) and cascade.finish() == []
-
-
-def test_presets_set_the_step():
-    assert PRESETS["low"]["step_ms"] == 850 and PRESETS["high"]["step_ms"] == 1500
 
 
 class FixedTranslator:

@@ -105,12 +105,12 @@ def test_runner_end_to_end_and_resume(synth, checkpoints, tmp_path):
 
 def test_runner_step_ms_replaces_the_preset(synth, checkpoints, tmp_path):
     """LocalAgreement at 500/2000 ms needs step sizes that no preset has: --step-ms sets simuleval's segment
-    size and the agent's step alike, and names the run by it."""
+    size and the agent's step alike (over the preset's), and names the run by it."""
     row = run_dev.main(["--data", str(synth.root), "--lang", "de", "--step-ms", "2000", "--policy", "local-agreement",
                         "--out", str(tmp_path), *checkpoints.agent_flags(), *FAST])
     assert row["run"] == "de.2000ms.local-agreement" and (row["preset"], row["step_ms"]) == ("2000ms", 2000.0)
     command = row["commands"]["simuleval"]
-    assert "--source-segment-size 2000" in command and "--step-ms 2000" in command and "--preset" not in command
+    assert "--source-segment-size 2000" in command and "--preset low --step-ms 2000" in command
     steps = [json.loads(line) for line in (tmp_path / row["run"] / "talks" / TALK / "steps.jsonl").read_text()
              .splitlines()]
     heard_s = [s["step"]["heard_s"] for s in steps if s["step"]]
