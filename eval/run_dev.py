@@ -88,6 +88,16 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     return args, agent_flags
 
 
+def step_ms(args: argparse.Namespace) -> float:
+    """The step a run takes: --step-ms, else its preset's."""
+    return args.step_ms if args.step_ms is not None else PRESETS[args.preset]["step_ms"]
+
+
+def operating_point(preset: str, step_ms: float | None = None) -> str:
+    """A run's operating point in its name: the preset's name, or the step size when --step-ms replaces it."""
+    return preset if step_ms is None else f"{step_ms:g}ms"
+
+
 class Run:
     """One (language, preset, policy) over a set of talks: paths, commands, and the pieces of the row."""
 
@@ -112,12 +122,11 @@ class Run:
 
     @property
     def step_ms(self) -> float:
-        return self.args.step_ms if self.args.step_ms is not None else PRESETS[self.args.preset]["step_ms"]
+        return step_ms(self.args)
 
     @property
     def operating_point(self) -> str:
-        """The preset's name, or the step size when --step-ms replaces the preset."""
-        return self.args.preset if self.args.step_ms is None else f"{self.args.step_ms:g}ms"
+        return operating_point(self.args.preset, self.args.step_ms)
 
     def wav(self, talk: str) -> Path:
         return (self.audio_dir / self.data.talk_segments(talk)[0].wav).resolve()

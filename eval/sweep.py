@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import itertools
 import json
 import logging
@@ -46,7 +47,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from alignatt.factory import PRESETS, check_known
+from alignatt.factory import check_known
 from alignatt.model_pool import ModelPool
 from eval import run_dev
 from eval.in_process import run_simuleval
@@ -71,10 +72,9 @@ class Config:
         args, agent_flags = run_dev.parse_args(list(self.argv))
         return run_dev.Run(args, agent_flags, list(self.argv))
 
-    @property
+    @functools.cached_property  # the scheduler asks for it at every dispatch; parse the argv once
     def step_ms(self) -> float:
-        args, _ = run_dev.parse_args(list(self.argv))
-        return args.step_ms if args.step_ms is not None else PRESETS[args.preset]["step_ms"]
+        return run_dev.step_ms(run_dev.parse_args(list(self.argv))[0])
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def _default_name(lang: str, runner: dict, agent: dict) -> str:
     policy = runner.get("policy", "alignatt")
     label = f"wait-k{runner.get('wait_k', 3)}" if policy == "wait-k" else policy
     knobs = "".join(f".{key.replace('_', '-')}={value}" for key, value in agent.items())
-    point = f"{runner['step_ms']:g}ms" if "step_ms" in runner else runner.get("preset", "low")
+    point = run_dev.operating_point(runner.get("preset", "low"), runner.get("step_ms"))
     return f"{lang}.{point}.{label}{knobs}"
 
 
