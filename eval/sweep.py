@@ -210,10 +210,12 @@ class Sweep:
     pids: dict = field(default_factory=dict)  # worker -> process id
     models_loaded: dict = field(default_factory=dict)  # worker process id -> models it has loaded so far
     asr_recorded: set = field(default_factory=set)  # asr keys of jobs that finished, so their ASR is cached
+    timeline: list = field(default_factory=list)  # one dict per finished job: worker pid, start/end seconds
 
     def __post_init__(self):
         self.jobs = deque(self.jobs)  # the queue: a retried job goes to its end
         self._actor = None
+        self._started = time.perf_counter()
         self._stopped = set()  # workers killed for a job over the timeout, until their job settles
 
     def _new_worker(self):
@@ -230,7 +232,10 @@ class Sweep:
         """The outcome of a finished job; returns its worker if it is still usable."""
         import ray
 
-        worker, job, _ = self.running.pop(ref)
+        worker, job, started = self.running.pop(ref)
+        self.timeline.append({"job": str(job), "worker": self.pids.get(worker),
+                              "start_s": round(started - self._started, 1),
+                              "end_s": round(time.perf_counter() - self._started, 1)})
         try:
             result = ray.get(ref)
         except ray.exceptions.RayError as err:
@@ -414,7 +419,7 @@ def main(argv=None) -> list[dict]:
                                                                                       sweep.failed.items()},
                "retried": sum(sweep.attempts.values()), "workers": sweep.n_workers,
                "worker": dataclasses.asdict(sweep.spec), "models_loaded_per_worker": sweep.models_loaded,
-               "wall_s": round(time.perf_counter() - started, 1)}
+               "wall_s": round(time.perf_counter() - started, 1), "timeline": sweep.timeline}
     Path(args.out, "sweep.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     plotted = [r for r in rows if finite(r.get("longyaal_cu_ms"))]
     if plotted:

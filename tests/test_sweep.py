@@ -124,6 +124,13 @@ def test_sweep_gives_the_run_dev_results_and_a_rerun_does_nothing(study, local_r
     assert summary["ran"] == 4 and summary["failed"] == {} and summary["workers"] == 2
     # Each worker loaded the translator, its decoder and the ASR once, however many jobs of both configs it ran.
     assert sorted(summary["models_loaded_per_worker"].values()) == [3, 3]
+    # The timeline names each job once, on the worker that ran it, and the two workers overlap in time.
+    timeline = summary["timeline"]
+    assert len(timeline) == 4 and len({entry["job"] for entry in timeline}) == 4
+    assert {entry["worker"] for entry in timeline} == {int(pid) for pid in summary["models_loaded_per_worker"]}
+    assert all(0 <= entry["start_s"] < entry["end_s"] <= summary["wall_s"] for entry in timeline)
+    first, second = sorted(entry["start_s"] for entry in timeline)[:2]
+    assert second - first < 1.0
     assert any((out / "asr_cache").rglob("*.json"))
     assert (out / "quality_latency.png").stat().st_size > 1000
     assert [line.split("\t")[0] for line in (out / "results.tsv").read_text().splitlines()[1:]] == \
