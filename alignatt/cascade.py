@@ -47,6 +47,7 @@ class StepReport:
 
     heard_s: float
     transcript: str  # the open sentence as the ASR has it now (before guards)
+    held: str  # open words after the open sentence's end, held until that sentence commits
     n_committed: int  # sentences the ASR committed in this step
     n_source_units: int  # units of the open sentence
     n_stable_units: int  # leading units the last two hypotheses agree on
@@ -196,7 +197,7 @@ class Cascade:
                 skipped: bool, quota: int | None, written: list[str]) -> StepReport:
         draft = self.translator.continuation_text(step.prompt, step.draft_ids) if step else ""
         return StepReport(
-            heard_s=self.heard_s, transcript=sentence.text, n_committed=n_committed,
+            heard_s=self.heard_s, transcript=sentence.text, held=self.talk.source.held_text, n_committed=n_committed,
             n_source_units=len(sentence.units), n_stable_units=sentence.n_stable_units,
             n_accessible_units=accessible, draft=draft, draft_skipped=skipped,
             n_draft_tokens=len(step.draft_ids) if step else 0,

@@ -188,8 +188,9 @@ def play(cascade: Cascade, samples: np.ndarray, rate: int, speed: float,
                 continue
             lag_s = fed.wall_s - fed.heard_s / speed if speed > 0 else 0.0
             progress.write(step_line(fed.report, fed.compute_s, lag_s))
-            if fed.report.transcript != transcript:
-                transcript = fed.report.transcript
+            heard = fed.report.transcript + (f" ‖ held: {fed.report.held}" if fed.report.held else "")
+            if heard != transcript:
+                transcript = heard
                 progress.write(f"    heard │ {tail(transcript)}")
             if fed.units:
                 progress.write(f"  written │ {tail(join_units(emission.units, char_level))}")

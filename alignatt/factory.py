@@ -31,11 +31,12 @@ logger = logging.getLogger(__name__)
 # Gate operating points. "tuned": the preset's frontier and the option defaults of the guards.
 # "published": the published system's effective behaviour (DESIGN §2): every transcribed word counts as heard,
 # so only its guards act (trailing ASR punctuation stripped, the last word of a draft held back, unchanged
-# drafts skipped, repeats trimmed); text may end in a full stop before the sentence is committed.
+# drafts skipped, repeats trimmed); text may end in a full stop before the sentence is committed, and it drafts
+# the whole open tail, even past a sentence end the ASR has not committed yet.
 GATES = {
     "tuned": {},
     "published": {"source_margin_ms": 0.0, "source_require_stable": False, "border_units": 1,
-                  "hold_sentence_end": False},
+                  "hold_sentence_end": False, "source_first_sentence_only": False},
 }
 
 # Operating points, one per IWSLT 2026 latency regime (LongYAAL CU: low 0-2 s, high 2-4 s): a step size and a gate,

@@ -12,6 +12,10 @@ is accessible when it is stable (the last two hypotheses of the open span agree 
 transcriber compares words) and at least `margin_ms` of audio follows its end time. Word times and `heard_s` are
 both ABSOLUTE stream seconds; the frontier is the number of leading accessible units of the open sentence.
 Committed sentences are stable throughout.
+The open sentence is the open tail's FIRST sentence: when the ASR already ends a sentence inside the tail but has
+not committed it (the two hypotheses do not agree through its end yet), the words after that end are held back
+until it commits. Translating them now would write their translation into the first sentence's target, and their
+own sentence's translation would then write it again.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from typing import Sequence
 
 from alignatt.asr import Word
 from alignatt.text_units import unit_spans
-from alignatt.transcriber import CommitReason, TranscriptUpdate
+from alignatt.transcriber import CommitReason, TranscriptUpdate, is_sentence_end
 
 # Float slack so a word ending exactly at the heard time counts as heard despite rounding.
 _TIME_EPSILON_S = 1e-9
@@ -38,6 +42,9 @@ class SourceOptions:
         "help": "a source unit is accessible only once two consecutive ASR hypotheses agree on its word"})
     char_level: bool = field(default=False, metadata={
         "help": "one unit per CJK character in the source (off for English: one unit per word)"})
+    first_sentence_only: bool = field(default=True, metadata={
+        "help": "the open sentence ends at the first sentence end of the ASR's open tail; the words after it wait "
+                "until that sentence commits, so their translation is not written twice"})
 
     def __post_init__(self):
         if self.margin_ms < 0:
@@ -102,6 +109,11 @@ def build_sentence(words: Sequence[Word], char_level: bool = False, reason: Comm
     return SourceSentence(text, tuple(units), reason)
 
 
+def first_sentence_len(words: Sequence[Word]) -> int:
+    """Words through the first sentence end (as the transcriber ends sentences), or all of them."""
+    return next((index + 1 for index, word in enumerate(words) if is_sentence_end(word.text)), len(words))
+
+
 class SourceState:
     """Per-talk source side: committed sentences not yet consumed (in order), and the open sentence.
 
@@ -112,6 +124,7 @@ class SourceState:
         self.n_committed = 0  # sentences committed so far in the talk (the sentences themselves are not kept)
         self._pending: deque[SourceSentence] = deque()  # committed, not yet consumed by the translator
         self._open = SourceSentence("", ())
+        self._held: tuple[Word, ...] = ()  # open words after the open sentence's end, waiting for its commit
 
     def apply(self, update: TranscriptUpdate) -> None:
         """Take one transcriber update: queue its committed sentences and replace the open sentence."""
@@ -119,7 +132,11 @@ class SourceState:
             built = build_sentence(sentence.words, self.options.char_level, sentence.reason)
             self.n_committed += 1
             self._pending.append(built)
-        self._open = build_sentence(update.tail, self.options.char_level, n_stable_words=update.n_stable_tail_words)
+        tail = update.tail
+        n_open = first_sentence_len(tail) if self.options.first_sentence_only else len(tail)
+        self._held = tail[n_open:]
+        self._open = build_sentence(tail[:n_open], self.options.char_level,
+                                    n_stable_words=min(update.n_stable_tail_words, n_open))
 
     @property
     def has_pending(self) -> bool:
@@ -137,6 +154,11 @@ class SourceState:
     @property
     def open_text(self) -> str:
         return self._open.text
+
+    @property
+    def held_text(self) -> str:
+        """The open tail's words after the open sentence, held until it commits."""
+        return " ".join(word.text for word in self._held)
 
     def accessible_units(self, heard_s: float) -> int:
         """Frontier of the open sentence: how many of its leading units are accessible (absolute heard_s)."""

@@ -241,3 +241,32 @@ def test_early_full_stop_makes_the_final_pass_continue():
     source, prefix, must_continue = translator.finishes[0]
     assert prefix == "Ich bin Sarah." and must_continue  # 9 source units, only ~1 heard when it was written
     assert units[3:] == ["fertig."]
+
+
+class FlickeringAsr(TimelineAsr):
+    """A perfect ASR except that it spells the first word differently on every call, so the first sentence never
+    gets two agreeing hypotheses (as whisper does with a name) and stays open while the next one is heard."""
+
+    def transcribe(self, audio, offset_s):
+        words = super().transcribe(audio, offset_s)
+        spelled = "Hallo" if len(self.window_lengths_s) % 2 else "Hello"
+        return [Word(spelled, w.start_s, w.end_s) if w.text == "Hello" else w for w in words]
+
+
+def test_the_next_sentence_waits_until_the_open_one_commits():
+    options = CascadeOptions(step_ms=250, min_audio_s=0.25)
+    frontier = SourceOptions(margin_ms=0, require_stable=False)  # every transcribed word is heard
+    translator = ScriptedTranslator()
+    cascade = Cascade(FlickeringAsr(timeline("Hello world. Then more words")), translator, options,
+                      source_options=frontier)
+    feed(cascade, 2.5)
+    assert cascade.talk.source.n_committed == 0  # the first sentence never agreed
+    assert all("Then" not in source and accessible <= 2 for source, accessible, _ in translator.drafts)
+    assert cascade.last_step.held == "Then more words" and cascade.last_step.n_accessible_units == 2
+    cascade.finish()  # end of stream: both sentences are finished, each on its own
+    assert [source.split(" ", 1)[1] for source, _, _ in translator.finishes] == ["world.", "more words"]
+    # Drafting the whole tail instead puts the next sentence into the first one's drafts.
+    whole = ScriptedTranslator()
+    feed(Cascade(FlickeringAsr(timeline("Hello world. Then more words")), whole, options,
+                 source_options=SourceOptions(margin_ms=0, require_stable=False, first_sentence_only=False)), 2.5)
+    assert any("Then" in source and accessible > 2 for source, accessible, _ in whole.drafts)

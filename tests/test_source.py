@@ -118,3 +118,21 @@ def test_committed_sentences_are_stable():
     state = SourceState()
     state.apply(update(committed=[[Word("Done.", 0.0, 0.5)]], tail=[], n_stable=0))
     assert all(u.stable for u in state.pop_committed().units)
+
+
+def test_words_after_an_uncommitted_sentence_end_wait_for_its_commit():
+    tail = [Word("Hi", 0.0, 0.3), Word("there!", 0.4, 0.8), Word("My", 1.0, 1.2), Word("name", 1.3, 1.6)]
+    state = SourceState(SourceOptions(margin_ms=0, require_stable=False))
+    state.apply(update(tail=tail, n_stable=3))
+    assert state.open_text == "Hi there!" and state.held_text == "My name"
+    assert state.accessible_units(10.0) == 2 and state.open_sentence.n_stable_units == 2
+    # Ellipses and abbreviations do not end a sentence, as in the transcriber.
+    state.apply(update(tail=[Word("Dr.", 0.0, 0.3), Word("Smith", 0.4, 0.8), Word("said...", 0.9, 1.2),
+                             Word("well", 1.3, 1.6)]))
+    assert state.open_text == "Dr. Smith said... well" and state.held_text == ""
+    # Once the first sentence commits, the held words are the open sentence.
+    state.apply(update(committed=[tail[:2]], tail=tail[2:]))
+    assert state.pop_committed().text == "Hi there!" and state.open_text == "My name"
+    whole = SourceState(SourceOptions(margin_ms=0, require_stable=False, first_sentence_only=False))
+    whole.apply(update(tail=tail, n_stable=3))
+    assert whole.open_text == "Hi there! My name" and whole.accessible_units(10.0) == 4
