@@ -79,18 +79,19 @@ def proxy_defaults(target_lang: str) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m alignatt.demo", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # No ArgumentDefaultsHelpFormatter: the agent's flags state their defaults in their help already.
+    parser = argparse.ArgumentParser(prog="python -m alignatt.demo", description=__doc__.split("\n\n")[0])
     demo = parser.add_argument_group("demo")
-    demo.add_argument("--wav", default=str(DEFAULT_WAV), help="English talk to translate (any rate, mono/stereo)")
+    demo.add_argument("--wav", default=str(DEFAULT_WAV),
+                      help="English talk to translate (any rate, mono/stereo; default: the shipped real-speech talk)")
     demo.add_argument("--reference", default=None,
                       help="reference translation (one file, the whole talk): BLEU, chrF and LongYAAL through "
                            "OmniSTEval (default: the shipped one for the default talk)")
     demo.add_argument("--speed", type=float, default=1.0,
-                      help="playback speed against real time; 0 plays as fast as the models run")
+                      help="playback speed against real time; 0 plays as fast as the models run (default: 1)")
     demo.add_argument("--models", choices=("auto", "full", "offline"), default="auto",
                       help="full: Gemma-4-E4B-it + Qwen3-ASR; offline: faster-whisper base + Gemma-3-270M; "
-                           "auto: full where those weights are cached")
+                           "auto (the default): full where those weights are cached")
     demo.add_argument("--out", default=None, help="folder for the hypothesis log and OmniSTEval's output")
     add_arguments(parser)
     return parser

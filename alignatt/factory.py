@@ -66,10 +66,10 @@ def _option_groups():
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    presets = "; ".join(f"{name}: {values}" for name, values in PRESETS.items())
     parser.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
-                        help="operating point: low (LongYAAL 0-2 s) or high (2-4 s); sets the step and the gate "
-                             f"({'; '.join(f'{name}: {values}' for name, values in PRESETS.items())}), "
-                             "flags given explicitly win")
+                        help=f"operating point (default: {DEFAULT_PRESET}): low (LongYAAL 0-2 s) or high (2-4 s); "
+                             f"sets the step and the gate ({presets}), flags given explicitly win")
     parser.add_argument("--gate", choices=sorted(GATES), default="tuned",
                         help="gate operating point: tuned (the defaults) or published (reproduces the published "
                              "system: no frontier, its guards only); overrides the frontier and guard flags")
