@@ -265,12 +265,14 @@ class Run:
 
 
 def gate_counts(steps: list[dict]) -> dict:
-    """How the steps went: drafts run, drafts reused (nothing changed), drafts the gate stopped."""
+    """How the steps went: drafts run, drafts reused (nothing changed), drafts the gate stopped, and steps that
+    held back words after an uncommitted sentence end (absent from logs made before the step log had them)."""
     reports = [s["step"] for s in steps if s.get("step")]
     drafting = [r for r in reports if r["n_draft_tokens"] or r["draft_skipped"]]
     return {"steps": len(reports), "drafts": sum(not r["draft_skipped"] for r in drafting),
             "skipped_drafts": sum(r["draft_skipped"] for r in drafting),
-            "gate_stops": sum(bool(r["stop"]) for r in drafting if not r["draft_skipped"])}
+            "gate_stops": sum(bool(r["stop"]) for r in drafting if not r["draft_skipped"]),
+            "held_steps": sum(bool(r.get("held")) for r in reports)}
 
 
 def write_row(out: Path, row: dict) -> None:

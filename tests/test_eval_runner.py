@@ -88,6 +88,7 @@ def test_runner_end_to_end_and_resume(synth, checkpoints, tmp_path):
     assert row["xcomet"] is None and row["xcomet_note"].startswith("skipped: no weights") or row["xcomet"] >= 0
     assert 0 <= row["empty_segments"] <= 3 and row["length_ratio"] >= 0
     assert row["steps"] > 0 and row["drafts"] + row["skipped_drafts"] <= row["steps"] and row["gate_stops"] >= 0
+    assert 0 <= row["held_steps"] <= row["steps"]
     assert "--policy wait-k --wait-k 1" in row["commands"]["simuleval"]
     assert "--source-segment-size 1500" in row["commands"]["simuleval"]
     assert json.loads((out / "de.high.wait-k1.json").read_text())["bleu"] == row["bleu"]
