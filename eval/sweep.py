@@ -431,4 +431,8 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the main of the imported eval.sweep, not of this __main__ copy: Ray pickles a __main__ class by value
+    # (its cached_property holds a lock that cannot be pickled), and an eval.sweep class by name, as workers import it.
+    from eval.sweep import main as sweep_main
+
+    sweep_main()

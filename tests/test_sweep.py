@@ -2,6 +2,8 @@
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -106,11 +108,13 @@ def local_ray():
         ray.shutdown()
 
 
-def test_sweep_gives_the_run_dev_results_and_a_rerun_does_nothing(study, local_ray, tmp_path):
+def test_sweep_gives_the_run_dev_results_and_a_rerun_does_nothing(study, tmp_path):
     root, data, flags, reference = study
     out = tmp_path / "sweep"
     argv = [str(write_grid(tmp_path / "grid.yaml", data)), "--out", str(out), "--workers", "2", "--", *flags]
-    rows = sweep.main(argv)
+    # The command users run: as __main__, the module's classes must still reach the workers (pickled by name).
+    subprocess.run([sys.executable, "-m", "eval.sweep", *argv], cwd=sweep.REPO, check=True, timeout=900)
+    rows = [json.loads((out / f"{run}.json").read_text()) for run in ("de.high.wait-k1", "de.high.alignatt")]
     assert [r["run"] for r in rows] == ["de.high.wait-k1", "de.high.alignatt"]
     for row in rows:
         expected, expected_row = reference[row["run"]]
