@@ -2,7 +2,9 @@
 
 Each chunk: append audio -> re-transcribe the open sentence -> finish every sentence the ASR committed
 (translated to the end, without the gate, after what was already accepted for it) -> draft the open
-sentence and keep what the AlignAtt gate accepts. Output is append-only: units once returned are final.
+sentence and keep what the AlignAtt gate accepts. Output is append-only: units once returned are final. With
+`carry_committed`, a committed sentence whose written translation may already run into the next one is finished
+together with the next one instead.
 Every step leaves a `StepReport` (what was heard, the frontier, the draft, what stopped it, what was written).
 """
 from __future__ import annotations
@@ -17,12 +19,16 @@ from alignatt.audio import SAMPLE_RATE_HZ, AudioBuffer
 from alignatt.asr import AsrBackend
 from alignatt.baselines import AlignAttPolicy, DraftPolicy, SentenceDecisions
 from alignatt.guards import ends_sentence, strip_sentence_final
-from alignatt.source import SourceOptions, SourceSentence, SourceState
+from alignatt.source import SourceOptions, SourceSentence, SourceState, join_sentences
 from alignatt.text_units import split_units
 from alignatt.transcriber import IncrementalTranscriber, TranscriberOptions
 from alignatt.translator import DraftResult, Translator
 
 logger = logging.getLogger(__name__)
+
+# A carried unit is finished once it reaches this many source units, so the prompt stays short even when the
+# written text keeps running past sentence ends.
+MAX_CARRIED_UNITS = 80
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,10 @@ class CascadeOptions:
     min_audio_s: float = field(default=2.0, metadata={"help": "translation starts after this much audio"})
     history_sentences: int = field(default=0, metadata={
         "help": "earlier (source, translation) sentence pairs shown in the prompt"})
+    carry_committed: bool = field(default=False, metadata={
+        "help": "a sentence the ASR commits after the frontier had passed its end when text was last written is "
+                "not finished on its own: it is translated on with the next sentence, whose words the written text "
+                "may already translate, so they are not translated again (with --no-source-first-sentence-only)"})
     whole_drafts: bool = field(default=False, metadata={
         "help": "draft to the end, and draft when the policy can write nothing: slower, the same written text "
                 "(by default a draft stops where the rest could not be written); the step log shows whole drafts"})
@@ -86,6 +96,7 @@ class TalkState:
     unprocessed_s: float = 0.0  # audio appended since the last step
     decisions: SentenceDecisions = field(default_factory=SentenceDecisions)  # the policy's open-sentence state
     last_draft: tuple[_DraftKey, DraftResult] | None = None
+    carried: SourceSentence | None = None  # committed source still translated together with the open sentence
 
 
 class Cascade:
@@ -136,6 +147,9 @@ class Cascade:
         units = self._finish_committed()
         open_sentence = talk.source.open_sentence
         accessible = talk.source.accessible_units(self.heard_s)
+        if talk.carried is not None:  # committed, hence heard, and drafted before the open words
+            open_sentence = join_sentences(talk.carried, open_sentence)
+            accessible += len(talk.carried.units)
         step, skipped, quota, drafted = None, False, None, []
         if open_sentence.units:
             step, skipped, accessible, quota = self._draft(open_sentence, accessible)
@@ -154,7 +168,7 @@ class Cascade:
         if talk.audio.num_samples == 0:
             return []
         talk.source.apply(talk.transcriber.finish(talk.audio))
-        return self._finish_committed()
+        return self._finish_committed(end_of_stream=True)
 
     def _draft(self, sentence: SourceSentence, accessible: int
                ) -> tuple[DraftResult | None, bool, int, int | None]:
@@ -177,21 +191,43 @@ class Cascade:
         talk.last_draft = (key, step)
         return step, False, accessible, quota
 
-    def _finish_committed(self) -> list[str]:
+    def _finish_committed(self, end_of_stream: bool = False) -> list[str]:
+        """Translate every committed sentence to its end (a carried one goes on with the next, until the stream
+        ends)."""
         talk, units = self.talk, []
         while (sentence := talk.source.pop_committed()) is not None:
-            # An accepted text that already ends a sentence, written before the whole source was heard, must
-            # not end the translation: the rest of the source would be lost.
-            must_continue = ends_sentence(talk.target_prefix) and len(sentence.units) > talk.prefix_heard_units
-            units += self._accept(self.translator.finish(sentence.text, talk.target_prefix, tuple(talk.history),
-                                                         must_continue=must_continue))
-            if self.options.history_sentences:
-                talk.history.append((sentence.text, talk.target_prefix))
-            talk.target_prefix = ""
-            talk.prefix_heard_units = 0
-            talk.decisions = SentenceDecisions()
-            talk.last_draft = None
+            if talk.carried is not None:
+                sentence, talk.carried = join_sentences(talk.carried, sentence), None
+            if self._carries(sentence):
+                talk.carried = sentence
+            else:
+                units += self._finish_sentence(sentence)
+        if end_of_stream and talk.carried is not None:
+            units += self._finish_sentence(talk.carried)
+            talk.carried = None
         return units
+
+    def _finish_sentence(self, sentence: SourceSentence) -> list[str]:
+        talk = self.talk
+        # An accepted text that already ends a sentence, written before the whole source was heard, must
+        # not end the translation: the rest of the source would be lost.
+        must_continue = ends_sentence(talk.target_prefix) and len(sentence.units) > talk.prefix_heard_units
+        units = self._accept(self.translator.finish(sentence.text, talk.target_prefix, tuple(talk.history),
+                                                    must_continue=must_continue))
+        if self.options.history_sentences:
+            talk.history.append((sentence.text, talk.target_prefix))
+        talk.target_prefix = ""
+        talk.prefix_heard_units = 0
+        talk.decisions = SentenceDecisions()
+        talk.last_draft = None
+        return units
+
+    def _carries(self, sentence: SourceSentence) -> bool:
+        """Whether a committed sentence goes on with the next one: the frontier had passed its end when text was
+        last written, so that text may already translate the next sentence's words."""
+        return (self.options.carry_committed and sentence.reason == "agreed"
+                and self.talk.prefix_heard_units > len(sentence.units)
+                and len(sentence.units) < MAX_CARRIED_UNITS)
 
     def _report(self, sentence: SourceSentence, n_committed: int, accessible: int, step: DraftResult | None,
                 skipped: bool, quota: int | None, written: list[str]) -> StepReport:

@@ -109,6 +109,12 @@ def build_sentence(words: Sequence[Word], char_level: bool = False, reason: Comm
     return SourceSentence(text, tuple(units), reason)
 
 
+def join_sentences(first: SourceSentence, second: SourceSentence) -> SourceSentence:
+    """One sentence holding both: the units of `first`, then those of `second` (the text joined by a space)."""
+    text = " ".join(part for part in (first.text, second.text) if part)
+    return SourceSentence(text, first.units + second.units, second.reason)
+
+
 def first_sentence_len(words: Sequence[Word]) -> int:
     """Words through the first sentence end (as the transcriber ends sentences), or all of them."""
     return next((index + 1 for index, word in enumerate(words) if is_sentence_end(word.text)), len(words))

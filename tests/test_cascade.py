@@ -270,3 +270,64 @@ def test_the_next_sentence_waits_until_the_open_one_commits():
     feed(Cascade(FlickeringAsr(timeline("Hello world. Then more words")), whole, options,
                  source_options=SourceOptions(margin_ms=0, require_stable=False, first_sentence_only=False)), 2.5)
     assert any("Then" in source and accessible > 2 for source, accessible, _ in whole.drafts)
+
+
+class LateAgreeingAsr(TimelineAsr):
+    """Spells the first word differently on each of its first `n_flicker` calls, then as the timeline has it: the
+    first sentence commits only after the next one has been heard."""
+
+    def __init__(self, words, n_flicker):
+        super().__init__(words)
+        self.n_flicker = n_flicker
+
+    def transcribe(self, audio, offset_s):
+        words = super().transcribe(audio, offset_s)
+        if len(self.window_lengths_s) > self.n_flicker:
+            return words
+        spelled = "Hallo" if len(self.window_lengths_s) % 2 else "Hello"
+        return [Word(spelled, w.start_s, w.end_s) if w.text == "Hello" else w for w in words]
+
+
+class WordForWordTranslator(ScriptedTranslator):
+    """Writes a German word for each source word it may write (the frontier), after what is already accepted."""
+
+    LEXICON = {"hello": "Hallo", "hallo": "Hallo", "world": "Welt", "then": "Dann", "more": "mehr",
+               "words": "Wörter"}
+
+    def translate(self, words, target_prefix):
+        german = [self.LEXICON[w.rstrip(".").lower()] + "." * w.endswith(".") for w in words]
+        return "".join(" " + w for w in german[len(target_prefix.split()):])
+
+    def draft(self, source, n_accessible_units, target_prefix="", history=(), until_rejected=False, max_units=None):
+        self.drafts.append((source, n_accessible_units, target_prefix))
+        text = self.translate(source.split()[:n_accessible_units], target_prefix)
+        return DraftResult(None, (7,), False, False, None, GateDecision(0, ()), text)
+
+    def finish(self, source, target_prefix="", history=(), must_continue=False):
+        self.finishes.append((source, target_prefix, must_continue))
+        return self.translate(source.split(), target_prefix)
+
+
+def test_a_sentence_the_translation_ran_past_is_finished_with_the_next_one(monkeypatch):
+    options = dict(step_ms=250, min_audio_s=0.25)
+    tail = SourceOptions(margin_ms=0, require_stable=False, first_sentence_only=False)
+
+    def talk(carry):
+        translator = WordForWordTranslator(guards=GuardOptions(hold_sentence_end=False, hold_draft_end=False))
+        cascade = Cascade(LateAgreeingAsr(timeline("Hello world. Then more words"), n_flicker=7), translator,
+                          CascadeOptions(carry_committed=carry, **options), source_options=tail)
+        units = [u for out in feed(cascade, 2.5) for u in out] + cascade.finish()
+        return units, translator.finishes
+
+    # "Dann" is written before "Hello world." commits; finished on its own, the sentence leaves "Then" to the next
+    # sentence, which translates it again.
+    units, finishes = talk(carry=False)
+    assert units == ["Hallo", "Welt", "Dann", "mehr", "Dann", "mehr", "Wörter"]
+    assert finishes[0][0].endswith("world.") and finishes[0][1] == "Hallo Welt Dann mehr"
+    # Carried, the committed sentence is finished with the next one: every word is translated once.
+    units, finishes = talk(carry=True)
+    assert units == ["Hallo", "Welt", "Dann", "mehr", "Wörter"]
+    assert [source.split(" ", 1)[1] for source, _, _ in finishes] == ["world. Then more words"]
+    # A carried unit stays short: at the bound, the sentence is finished on its own again.
+    monkeypatch.setattr("alignatt.cascade.MAX_CARRIED_UNITS", 2)
+    assert talk(carry=True)[0] == ["Hallo", "Welt", "Dann", "mehr", "Dann", "mehr", "Wörter"]
