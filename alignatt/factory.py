@@ -32,11 +32,12 @@ logger = logging.getLogger(__name__)
 # "published": the published system's effective behaviour (DESIGN §2): every transcribed word counts as heard,
 # so only its guards act (trailing ASR punctuation stripped, the last word of a draft held back, unchanged
 # drafts skipped, repeats trimmed); text may end in a full stop before the sentence is committed, and it drafts
-# the whole open tail, even past a sentence end the ASR has not committed yet.
+# the whole open tail, even past a sentence end the ASR has not committed yet, finishing each committed sentence
+# on its own.
 GATES = {
     "tuned": {},
     "published": {"source_margin_ms": 0.0, "source_require_stable": False, "border_units": 1,
-                  "hold_sentence_end": False, "source_first_sentence_only": False},
+                  "hold_sentence_end": False, "source_first_sentence_only": False, "carry_committed": False},
 }
 
 # Operating points, one per IWSLT 2026 latency regime (LongYAAL CU: low 0-2 s, high 2-4 s): a step size and a gate,
@@ -44,12 +45,14 @@ GATES = {
 # (eval/results/curves/README.md). Every run has one (low unless --preset says otherwise); a flag given
 # explicitly wins over its preset's value.
 PRESETS = {
-    # A word is heard once 850 ms of audio follow it, however the ASR still rewrites it.
-    "low": {"step_ms": 850.0, "source_require_stable": False, "source_margin_ms": 850.0, "border_units": 1},
-    # A word is heard once two hypotheses 1.5 s apart share it (aligned, so one rewritten word does not hold
-    # back the rest).
-    "high": {"step_ms": 1500.0, "source_require_stable": True, "source_margin_ms": 0.0, "border_units": 1,
-             "stable_words": "aligned"},
+    # A word is heard once two hypotheses share it (aligned, so one rewritten word does not hold back the rest),
+    # border 2; the whole open tail is drafted, and a sentence the text ran past is translated on with the next.
+    "low": {"step_ms": 850.0, "source_require_stable": True, "source_margin_ms": 0.0, "border_units": 2,
+            "stable_words": "aligned", "source_first_sentence_only": False, "carry_committed": True},
+    # The same agreement, border 1; the open sentence ends at its first sentence end, later words wait for its
+    # commit.
+    "high": {"step_ms": 850.0, "source_require_stable": True, "source_margin_ms": 0.0, "border_units": 1,
+             "stable_words": "aligned", "source_first_sentence_only": True, "carry_committed": False},
 }
 DEFAULT_PRESET = "low"
 PRESET_KEYS = sorted({key for values in PRESETS.values() for key in values})

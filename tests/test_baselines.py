@@ -261,19 +261,22 @@ def resolved(*flags):
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = with_gate(with_preset(parser.parse_args(list(flags))))
-    return (dataclass_from_args(CascadeOptions, args).step_ms, dataclass_from_args(SourceOptions, args, "source-"),
+    cascade = dataclass_from_args(CascadeOptions, args)
+    return (cascade, dataclass_from_args(SourceOptions, args, "source-"),
             dataclass_from_args(PolicyConfig, args).border_units,
             dataclass_from_args(TranscriberOptions, args).stable_words)
 
 
 def preset_values(name):
-    values = {"stable_words": TranscriberOptions().stable_words, **PRESETS[name]}
+    values = {"stable_words": TranscriberOptions().stable_words, "source_first_sentence_only": True,
+              "carry_committed": False, **PRESETS[name]}
     return (values["step_ms"], values["source_margin_ms"], values["source_require_stable"], values["border_units"],
-            values["stable_words"])
+            values["stable_words"], values["source_first_sentence_only"], values["carry_committed"])
 
 
-def flat(step_ms, source, border, stable_words):
-    return step_ms, source.margin_ms, source.require_stable, border, stable_words
+def flat(cascade, source, border, stable_words):
+    return (cascade.step_ms, source.margin_ms, source.require_stable, border, stable_words,
+            source.first_sentence_only, cascade.carry_committed)
 
 
 def test_presets_set_step_and_gate_and_explicit_flags_win():
@@ -281,16 +284,20 @@ def test_presets_set_step_and_gate_and_explicit_flags_win():
     assert flat(*resolved("--preset", "high")) == preset_values("high")
     assert preset_values("low") != preset_values("high")
     flipped = not PRESETS["low"]["source_require_stable"]
-    explicit = resolved("--preset", "low", "--step-ms", "500", "--source-margin-ms", "300", "--border-units", "2",
-                        "--source-require-stable" if flipped else "--no-source-require-stable")
-    assert flat(*explicit)[:4] == (500.0, 300.0, flipped, 2)
+    explicit = resolved("--preset", "low", "--step-ms", "500", "--source-margin-ms", "300", "--border-units", "3",
+                        "--source-require-stable" if flipped else "--no-source-require-stable",
+                        "--no-carry-committed" if PRESETS["low"]["carry_committed"] else "--carry-committed")
+    assert flat(*explicit)[:4] == (500.0, 300.0, flipped, 3)
+    assert flat(*explicit)[-1] is not PRESETS["low"]["carry_committed"]
     # SimulStream's YAML names only what it sets: the preset (low unless named) fills in the rest.
     from_yaml = with_preset(argparse.Namespace(border_units=3))
     assert dataclass_from_args(SourceOptions, from_yaml, "source-").margin_ms == PRESETS["low"]["source_margin_ms"]
     assert dataclass_from_args(PolicyConfig, from_yaml).border_units == 3
     # --gate published replaces the preset's frontier: every transcribed word is heard.
-    _, source, _, _ = resolved("--preset", "high", "--gate", "published")
+    cascade, source, _, _ = resolved("--preset", "low", "--gate", "published")
     assert (source.margin_ms, source.require_stable) == (0.0, False)
+    # ... and it drafts the whole open tail and finishes each committed sentence on its own.
+    assert not source.first_sentence_only and not cascade.carry_committed
     with pytest.raises(ValueError, match="unknown preset"):
         with_preset(argparse.Namespace(preset="mid"))
 
