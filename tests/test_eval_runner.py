@@ -9,6 +9,7 @@ import soundfile
 import yaml
 
 from agent_fixtures import save_tiny_checkpoints
+from alignatt.factory import PRESETS
 from eval import plot, run_dev
 from eval.dev_set import DevSet, segment_entry, write_segments
 from eval.synth_talks import synth_dev_set
@@ -90,7 +91,7 @@ def test_runner_end_to_end_and_resume(synth, checkpoints, tmp_path):
     assert row["steps"] > 0 and row["drafts"] + row["skipped_drafts"] <= row["steps"] and row["gate_stops"] >= 0
     assert 0 <= row["held_steps"] <= row["steps"]
     assert "--policy wait-k --wait-k 1" in row["commands"]["simuleval"]
-    assert "--source-segment-size 1500" in row["commands"]["simuleval"]
+    assert f"--source-segment-size {PRESETS['high']['step_ms']:.0f}" in row["commands"]["simuleval"]
     assert json.loads((out / "de.high.wait-k1.json").read_text())["bleu"] == row["bleu"]
     header, line = (out / "results.tsv").read_text().splitlines()
     assert header.split("\t")[0] == "run" and line.startswith("de.high.wait-k1\t")
