@@ -12,9 +12,9 @@ is accessible when it is stable (the last two hypotheses of the open span agree 
 transcriber compares words) and at least `margin_ms` of audio follows its end time. Word times and `heard_s` are
 both ABSOLUTE stream seconds; the frontier is the number of leading accessible units of the open sentence.
 Committed sentences are stable throughout.
-The open sentence is the open tail's FIRST sentence: when the ASR already ends a sentence inside the tail but has
-not committed it (the two hypotheses do not agree through its end yet), the words after that end are held back
-until it commits. Translating them now would write their translation into the first sentence's target, and their
+With `first_sentence_only` (the default), the open sentence is the open tail's FIRST sentence: when the ASR
+already ends a sentence inside the tail but has not committed it (the two hypotheses do not agree through its end
+yet), the words after that end are held back until it commits. Translating them now would write their translation into the first sentence's target, and their
 own sentence's translation would then write it again.
 """
 from __future__ import annotations

@@ -210,7 +210,8 @@ class Sweep:
     pids: dict = field(default_factory=dict)  # worker -> process id
     models_loaded: dict = field(default_factory=dict)  # worker process id -> models it has loaded so far
     asr_recorded: set = field(default_factory=set)  # asr keys of jobs that finished, so their ASR is cached
-    timeline: list = field(default_factory=list)  # one dict per finished job: worker pid, start/end seconds
+    # One dict per settled attempt (done, failed or retried): the job, its worker's pid, start and end seconds.
+    timeline: list = field(default_factory=list)
 
     def __post_init__(self):
         self.jobs = deque(self.jobs)  # the queue: a retried job goes to its end
