@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
-from alignatt.guards import ends_sentence
+from alignatt.guards import GuardOptions, cut_loop, ends_sentence
 from alignatt.policy import complete_units_text
 from alignatt.text_units import unit_spans
 from alignatt.translator import DraftResult
@@ -128,10 +128,13 @@ def _units_of(result: DraftResult, translator: DraftReader) -> DraftUnits:
                        translator.char_level)
 
 
-def writable_units(draft: DraftUnits, n_units: int, hold_sentence_end: bool) -> int:
-    """At most `n_units`, fewer when the text would then end in sentence-final punctuation (the guard of
-    `alignatt.guards`, applied here as the AlignAtt translator applies it to its own accepted text)."""
-    while hold_sentence_end and n_units > 0 and ends_sentence(draft.prefix(n_units)):
+def writable_units(draft: DraftUnits, n_units: int, guards: GuardOptions, prefix: str, char_level: bool) -> int:
+    """At most `n_units` units of `draft` (which continues `prefix`), fewer where the guards of `alignatt.guards`
+    stop the text: before a degenerate loop, and before sentence-final punctuation at its end. They apply here
+    as the AlignAtt translator applies them to its own accepted text."""
+    loop_free = cut_loop(prefix, draft.prefix(n_units), char_level, guards.loop_repeats)
+    n_units = min(n_units, len(unit_spans(loop_free, char_level)))
+    while guards.hold_sentence_end and n_units > 0 and ends_sentence(draft.prefix(n_units)):
         n_units -= 1
     return n_units
 
@@ -143,7 +146,7 @@ class AlignAttPolicy:
     for words the model made up would otherwise let a guess through)."""
 
     max_lead_units: int = -1
-    hold_sentence_end: bool = True
+    guards: GuardOptions = GuardOptions()
     until_rejected = True
 
     def quota(self, n_accessible_units, state) -> int | None:
@@ -156,7 +159,8 @@ class AlignAttPolicy:
         n = len(gated.spans)
         budget = self.quota(n_accessible_units, state)
         if budget is not None:
-            n = writable_units(gated, min(n, budget), self.hold_sentence_end)
+            n = writable_units(gated, min(n, budget), self.guards, result.prompt.target_prefix,
+                               translator.char_level)
         state.n_units_written += n
         return gated.prefix(n)
 
@@ -165,7 +169,7 @@ class AlignAttPolicy:
 class LocalAgreementPolicy:
     """LocalAgreement-2: write what two consecutive drafts agree on."""
 
-    hold_sentence_end: bool = True
+    guards: GuardOptions = GuardOptions()
     until_rejected = False
 
     def quota(self, n_accessible_units, state) -> int | None:
@@ -174,7 +178,8 @@ class LocalAgreementPolicy:
     def accept(self, result, translator, n_accessible_units, state) -> str:
         draft = _units_of(result, translator)
         units = draft.units
-        n = writable_units(draft, agreed_units(state.previous_units, units), self.hold_sentence_end)
+        n = writable_units(draft, agreed_units(state.previous_units, units), self.guards,
+                           result.prompt.target_prefix, translator.char_level)
         state.previous_units = units[n:]  # the next draft continues after these n units
         state.n_units_written += n
         return draft.prefix(n)
@@ -185,7 +190,7 @@ class WaitKPolicy:
     """wait-k on source units, within the sentence."""
 
     k: int
-    hold_sentence_end: bool = True
+    guards: GuardOptions = GuardOptions()
     until_rejected = False
 
     def quota(self, n_accessible_units, state) -> int | None:
@@ -194,14 +199,15 @@ class WaitKPolicy:
     def accept(self, result, translator, n_accessible_units, state) -> str:
         draft = _units_of(result, translator)
         n = min(len(draft.spans), self.quota(n_accessible_units, state))
-        n = writable_units(draft, n, self.hold_sentence_end)
+        n = writable_units(draft, n, self.guards, result.prompt.target_prefix, translator.char_level)
         state.n_units_written += n
         return draft.prefix(n)
 
 
-def make_policy(selection: PolicySelection = PolicySelection(), hold_sentence_end: bool = True) -> DraftPolicy:
+def make_policy(selection: PolicySelection = PolicySelection(), guards: GuardOptions = GuardOptions()
+                ) -> DraftPolicy:
     if selection.policy == "local-agreement":
-        return LocalAgreementPolicy(hold_sentence_end)
+        return LocalAgreementPolicy(guards)
     if selection.policy == "wait-k":
-        return WaitKPolicy(selection.wait_k, hold_sentence_end)
-    return AlignAttPolicy(selection.max_lead_units, hold_sentence_end)
+        return WaitKPolicy(selection.wait_k, guards)
+    return AlignAttPolicy(selection.max_lead_units, guards)

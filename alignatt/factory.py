@@ -31,13 +31,14 @@ logger = logging.getLogger(__name__)
 # Gate operating points. "tuned": the preset's frontier and the option defaults of the guards.
 # "published": the published system's effective behaviour (DESIGN §2): every transcribed word counts as heard,
 # so only its guards act (trailing ASR punctuation stripped, the last word of a draft held back, unchanged
-# drafts skipped, repeats trimmed); text may end in a full stop before the sentence is committed, and it drafts
-# the whole open tail, even past a sentence end the ASR has not committed yet, finishing each committed sentence
-# on its own.
+# drafts skipped, repeats trimmed); text may end in a full stop before the sentence is committed, a degenerate
+# loop is written as the model writes it, and it drafts the whole open tail, even past a sentence end the ASR has
+# not committed yet, finishing each committed sentence on its own.
 GATES = {
     "tuned": {},
     "published": {"source_margin_ms": 0.0, "source_require_stable": False, "border_units": 1,
-                  "hold_sentence_end": False, "source_first_sentence_only": False, "carry_committed": False},
+                  "hold_sentence_end": False, "loop_repeats": 0, "source_first_sentence_only": False,
+                  "carry_committed": False},
 }
 
 # Operating points, one per IWSLT 2026 latency regime (LongYAAL CU: low 0-2 s, high 2-4 s): a step size and a gate,
@@ -174,7 +175,7 @@ def build_cascade(args, models: ModelPool | None = None) -> Cascade:
     models = models if models is not None else ModelPool()
     args = with_gate(with_preset(args))
     guards = dataclass_from_args(GuardOptions, args)
-    policy = make_policy(dataclass_from_args(PolicySelection, args), guards.hold_sentence_end)  # fails fast
+    policy = make_policy(dataclass_from_args(PolicySelection, args), guards)  # fails fast
     translator, new_decoder = _translator(args, guards, models)
     backend, new_backend = _asr_backend(args, models)
     # Warm up only once every model exists: constructing a model of a new class invalidates compiled graphs.

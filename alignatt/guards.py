@@ -7,7 +7,8 @@ so one premature full stop would make every later draft continue a finished sent
 - while the source sentence is open, a draft's end does not complete its last unit, and written text never
   ends in sentence-final punctuation (a full stop inside the text, followed by more, is fine);
 - the final pass of a committed sentence is made to continue when the accepted text ended a sentence before the
-  whole source had been heard, and it drops a continuation that repeats the end of the accepted text.
+  whole source had been heard, and it drops a continuation that repeats the end of the accepted text;
+- written text stops where it would start a degenerate loop (one group of units over and over).
 All functions here are pure.
 """
 from __future__ import annotations
@@ -34,10 +35,15 @@ class GuardOptions:
     min_repeat_units: int = field(default=2, metadata={
         "help": "the final pass drops a continuation that starts by repeating at least this many of the last "
                 "written units (0: off)"})
+    loop_repeats: int = field(default=4, metadata={
+        "help": "written text stops before a group of 1-4 units would occur this many times in a row, the "
+                "degenerate loop of a small translator (0: off)"})
 
     def __post_init__(self):
         if self.min_repeat_units < 0:
             raise ValueError(f"min_repeat_units must be >= 0, got {self.min_repeat_units}")
+        if self.loop_repeats == 1 or self.loop_repeats < 0:
+            raise ValueError(f"loop_repeats must be 0 (off) or >= 2, got {self.loop_repeats}")
 
 
 def ends_sentence(text: str) -> bool:
@@ -77,6 +83,36 @@ def trim_repeated_start(prefix: str, continuation: str, char_level: bool, min_un
         if before[-k:] == after[:k] and any(before[-k:]):
             return continuation[spans[k - 1][1]:] if k < len(spans) else ""
     return continuation
+
+
+LOOP_GROUP_UNITS = 4  # the longest group of units a loop repeats ("-von -die -von -die ...")
+
+
+def _repeats_group(keys: list[str], end: int, group: int, times: int) -> bool:
+    """True when keys[end - times * group : end] is one group of `group` keys repeated `times` times."""
+    start = end - times * group
+    if start < 0:
+        return False
+    first = keys[start:start + group]
+    return all(keys[start + k * group:start + (k + 1) * group] == first for k in range(1, times))
+
+
+def cut_loop(prefix: str, text: str, char_level: bool, repeats: int) -> str:
+    """`text` up to where `prefix` + `text` would hold a group of 1-4 units `repeats` times in a row (compared
+    without case and punctuation); "" when the loop already fills `prefix`. A small translator can fall into
+    repeating one word for the rest of its budget ("-mitunter -mitunter ..."): each copy is a word the listener
+    reads and the scorer counts, and no later step can take it back."""
+    if repeats <= 0:
+        return text
+    n_prefix = len(split_units(prefix, char_level))
+    spans = unit_spans(text, char_level)
+    keys = [_unit_key(u) for u in split_units(prefix, char_level)] + [_unit_key(text[a:b]) for a, b in spans]
+    for end in range(n_prefix + 1, len(keys) + 1):
+        for group in range(1, LOOP_GROUP_UNITS + 1):
+            if _repeats_group(keys, end, group, repeats):
+                kept = end - group - n_prefix  # text units before the copy that completes the loop
+                return text[:spans[kept - 1][1]] if kept > 0 else ""
+    return text
 
 
 def final_pass_budget(n_source_tokens: int, max_tokens: int) -> int:

@@ -18,7 +18,7 @@ from alignatt.capture import HeadRef
 from alignatt.decoding import DecodeConfig, Decoder, Request, StopWhen, make_decoder
 from alignatt.devices import resolve_device, resolve_dtype
 from alignatt.gguf_cache import DEFAULT_CACHE_DIR, converted_checkpoint
-from alignatt.guards import GuardOptions, final_pass_budget, hold_sentence_end, trim_repeated_start
+from alignatt.guards import GuardOptions, cut_loop, final_pass_budget, hold_sentence_end, trim_repeated_start
 from alignatt.heads import HeadsFile, check_query_row, query_row_position
 from alignatt.policy import GateDecision, PolicyConfig, complete_units_text, gate_draft
 from alignatt.prompt import PromptBuilder, PromptConfig, RenderedPrompt
@@ -206,6 +206,7 @@ class Translator:
         attention, gate = self._judge(prompt, generated.captured, len(draft_ids), n_accessible_units)
         may_end = ended and not self.guards.hold_draft_end
         new_text = self._accepted_text(prompt, draft_ids, gate.n_accepted_tokens, may_end)
+        new_text = cut_loop(prompt.target_prefix, new_text, self.char_level, self.guards.loop_repeats)
         if self.guards.hold_sentence_end:
             new_text = hold_sentence_end(new_text, self.char_level)
         return DraftResult(prompt, tuple(draft_ids), ended, may_end, attention, gate, new_text)
@@ -275,4 +276,5 @@ class Translator:
         generated = self._generate(prompt, budget, capture=False, must_continue=must_continue)
         draft_ids, _ = self._split_end(prompt, generated.token_ids)
         text = self.continuation_text(prompt, draft_ids).rstrip()
-        return trim_repeated_start(prompt.target_prefix, text, self.char_level, self.guards.min_repeat_units)
+        text = trim_repeated_start(prompt.target_prefix, text, self.char_level, self.guards.min_repeat_units)
+        return cut_loop(prompt.target_prefix, text, self.char_level, self.guards.loop_repeats)

@@ -1,5 +1,6 @@
 """Baseline policies (LocalAgreement-2, wait-k): pure decisions on scripted drafts, then inside the cascade."""
 import argparse
+from types import SimpleNamespace
 
 import pytest
 
@@ -67,8 +68,10 @@ class CharTranslator:
         return "".join(map(chr, token_ids))
 
 
-def scripted(text: str, ended: bool = False, new_text: str = "") -> DraftResult:
-    return DraftResult(None, tuple(map(ord, text)), ended, ended, None, GateDecision(0, ()), new_text)
+def scripted(text: str, ended: bool = False, new_text: str = "", prefix: str = "") -> DraftResult:
+    """A draft of `text` (one token per character) continuing the accepted `prefix`."""
+    prompt = SimpleNamespace(target_prefix=prefix)
+    return DraftResult(prompt, tuple(map(ord, text)), ended, ended, None, GateDecision(0, ()), new_text)
 
 
 def test_local_agreement_on_scripted_drafts():
@@ -311,9 +314,26 @@ def test_gate_operating_points():
     # The published system counts every transcribed word as heard and may end text in a full stop.
     assert published.source_margin_ms == 0 and not published.source_require_stable
     assert not published.hold_sentence_end and published.hold_draft_end and published.skip_unchanged_drafts
+    assert published.loop_repeats == 0 and tuned.loop_repeats == 4  # the published system writes loops as they come
     check_known({"gate": "published", "hold_draft_end": False, "min_repeat_units": 1})
     with pytest.raises(ValueError, match="unknown gate"):
         with_gate(argparse.Namespace(gate="fast"))
+
+
+@pytest.mark.parametrize("policy", [LocalAgreementPolicy(), WaitKPolicy(1)], ids=["local-agreement", "wait-k1"])
+def test_baselines_stop_before_a_degenerate_loop(policy):
+    reader, draft = CharTranslator(), "Schritt -mit -mit -mit -mit -mit -mit und"
+    state = SentenceDecisions()
+    policy.accept(scripted(draft), reader, 40, state)
+    assert policy.accept(scripted(draft), reader, 40, state) == "Schritt -mit -mit -mit"
+    # Copies written in earlier steps count too.
+    state = SentenceDecisions()
+    policy.accept(scripted(" -mit -mit und", prefix="Schritt -mit -mit"), reader, 40, state)
+    assert policy.accept(scripted(" -mit -mit und", prefix="Schritt -mit -mit"), reader, 40, state) == " -mit"
+    loose = type(policy)(*([1] if isinstance(policy, WaitKPolicy) else []), guards=GuardOptions(loop_repeats=0))
+    state = SentenceDecisions()
+    loose.accept(scripted(draft), reader, 40, state)
+    assert loose.accept(scripted(draft), reader, 40, state) == "Schritt -mit -mit -mit -mit -mit -mit"
 
 
 @pytest.mark.parametrize("policy", [LocalAgreementPolicy(), WaitKPolicy(1)], ids=["local-agreement", "wait-k1"])
@@ -322,7 +342,8 @@ def test_baselines_hold_back_a_sentence_end_of_an_open_sentence(policy):
     policy.accept(scripted("Ich bin Sarah. Und"), reader, 20, state)
     text = policy.accept(scripted("Ich bin Sarah. Und"), reader, 20, state)
     assert text == "Ich bin"  # "Sarah." would end the text in a full stop; "Und" may still grow
-    free = type(policy)(*([1] if isinstance(policy, WaitKPolicy) else []), hold_sentence_end=False)
+    free = type(policy)(*([1] if isinstance(policy, WaitKPolicy) else []),
+                       guards=GuardOptions(hold_sentence_end=False))
     state = SentenceDecisions()
     free.accept(scripted("Ich bin Sarah. Und"), reader, 20, state)
     assert free.accept(scripted("Ich bin Sarah. Und"), reader, 20, state).endswith("Sarah.")

@@ -1,8 +1,8 @@
 """The guards against premature sentence ends and lost content, as pure functions."""
 import pytest
 
-from alignatt.guards import (GuardOptions, ends_sentence, final_pass_budget, hold_sentence_end, strip_sentence_final,
-                             trim_repeated_start)
+from alignatt.guards import (GuardOptions, cut_loop, ends_sentence, final_pass_budget, hold_sentence_end,
+                             strip_sentence_final, trim_repeated_start)
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -34,6 +34,26 @@ def test_trim_repeated_start():
     assert trim_repeated_start("Leute, die", " die Arbeit machen", False, 2) == " die Arbeit machen"
     assert trim_repeated_start("Leute, die", " die Arbeit", False, 0) == " die Arbeit"
     assert trim_repeated_start("a b", " a b", False, 2) == ""
+
+
+def test_cut_loop_stops_before_the_copy_that_completes_a_loop():
+    # Seen on the proxy (held-out talk ccpXHNfaoy, wait-k1): one word for the rest of the budget.
+    looping = " indem man Schritt -mitunter -mitunter -mitunter -mitunter -mitunter -mitunter"
+    assert cut_loop("Im Alltag", looping, False, 4) == " indem man Schritt -mitunter -mitunter -mitunter"
+    # A group of two units (csJIsDTYMW, low preset), compared without case and punctuation.
+    assert cut_loop("", "a -von -die -Von -die -von die, -von -die -von", False, 4) == "a -von -die -Von -die -von die,"
+    # Copies already written count: the text's first unit would be the fourth.
+    assert cut_loop("es geht x x x", " x und y", False, 4) == ""
+    assert cut_loop("es geht x x", " x und y", False, 4) == " x und y"
+    assert cut_loop("", "哈哈哈哈哈好", True, 4) == "哈哈哈"
+
+
+def test_cut_loop_leaves_ordinary_repetition_alone():
+    for text in ("Nein, nein, nein.", "sehr, sehr gut", "die die Arbeit machen", "Schritt für Schritt für Schritt"):
+        assert cut_loop("", text, False, 4) == text
+    assert cut_loop("", "a a a a a", False, 0) == "a a a a a"  # off
+    with pytest.raises(ValueError, match="loop_repeats"):
+        GuardOptions(loop_repeats=1)
 
 
 def test_final_pass_budget():

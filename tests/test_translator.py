@@ -134,6 +134,31 @@ def test_draft_end_is_held_while_the_sentence_is_open(gemma_tok):
     assert published.draft(SOURCE, len(SOURCE.split()), "Wir").may_end
 
 
+def looping_model(gemma_tok, word=" Haus"):
+    """A tiny model whose greedy translation repeats one word for the rest of its budget."""
+    model = build_gemma4_conditional(vocab_size=len(gemma_tok), seed=2)
+    (token,) = gemma_tok.encode(word, add_special_tokens=False)
+
+    def favour_word(module, inputs, output):
+        output[..., token] += 1000.0
+        return output
+
+    model.lm_head.register_forward_hook(favour_word)
+    return model
+
+
+def test_a_degenerate_loop_is_cut_in_drafts_and_final_passes(gemma_tok):
+    model = looping_model(gemma_tok)
+    guarded = Translator(model, gemma_tok, HEADS, PromptConfig(target_lang="de"))
+    loose = Translator(model, gemma_tok, HEADS, PromptConfig(target_lang="de"), guards=GuardOptions(loop_repeats=0))
+    assert loose.finish(SOURCE, "Wir").split().count("Haus") > 10  # what the model writes
+    assert guarded.finish(SOURCE, "Wir") == " Haus Haus Haus"
+    assert guarded.finish(SOURCE, "Wir Haus Haus") == " Haus"  # copies already written count
+    everything_heard = len(SOURCE.split())
+    assert guarded.draft(SOURCE, everything_heard, "Wir").new_text == " Haus Haus Haus"
+    assert loose.draft(SOURCE, everything_heard, "Wir").new_text.split().count("Haus") > 3
+
+
 def test_finish_budget_grows_with_the_source(gemma_model, gemma_tok):
     from alignatt.guards import final_pass_budget
 
