@@ -102,17 +102,21 @@ def test_end_of_turn_is_a_stop_id_even_if_the_generation_config_omits_it(gemma_m
     assert qwen_tokenizer().convert_tokens_to_ids("<|im_end|>") in qwen._eos_ids
 
 
-def eos_first_model(gemma_tok):
-    """A tiny model whose greedy translation always ends at once (the EOS logit dominates)."""
-    model = build_gemma4_conditional(vocab_size=len(gemma_tok), seed=1)
-    end_ids = [1, gemma_tok.convert_tokens_to_ids("<end_of_turn>")]
+def favouring_model(token_ids, vocab_size, seed):
+    """A tiny model whose greedy output is always one of `token_ids` (their logits dominate)."""
+    model = build_gemma4_conditional(vocab_size=vocab_size, seed=seed)
 
-    def favour_end(module, inputs, output):
-        output[..., end_ids] += 1000.0
+    def favour(module, inputs, output):
+        output[..., token_ids] += 1000.0
         return output
 
-    model.lm_head.register_forward_hook(favour_end)
+    model.lm_head.register_forward_hook(favour)
     return model
+
+
+def eos_first_model(gemma_tok):
+    """A tiny model whose greedy translation always ends at once."""
+    return favouring_model([1, gemma_tok.convert_tokens_to_ids("<end_of_turn>")], len(gemma_tok), seed=1)
 
 
 def test_final_pass_after_an_early_full_stop_goes_on(gemma_tok):
@@ -136,15 +140,7 @@ def test_draft_end_is_held_while_the_sentence_is_open(gemma_tok):
 
 def looping_model(gemma_tok, word=" Haus"):
     """A tiny model whose greedy translation repeats one word for the rest of its budget."""
-    model = build_gemma4_conditional(vocab_size=len(gemma_tok), seed=2)
-    (token,) = gemma_tok.encode(word, add_special_tokens=False)
-
-    def favour_word(module, inputs, output):
-        output[..., token] += 1000.0
-        return output
-
-    model.lm_head.register_forward_hook(favour_word)
-    return model
+    return favouring_model(gemma_tok.encode(word, add_special_tokens=False), len(gemma_tok), seed=2)
 
 
 def test_a_degenerate_loop_is_cut_in_drafts_and_final_passes(gemma_tok):
