@@ -9,7 +9,8 @@ sacrebleu's paired test of every system against the first one, on the same segme
         eval/results/curves/heldout_first/de.low.aligned-b1.cut [--test bs|ar] [--samples N] [--out FILE.tsv]
 
 It prints, per system, the score (equal to OmniSTEval's), the bootstrap 95 % confidence interval, the p-value
-against the baseline, and the row's LongYAAL CU.
+against the baseline, and the row's LongYAAL CU. Folders joined by "+" (`heldout/de.x+fresh/de.x`) pool one
+config's rows over several sets of talks; its latency is then the segment-weighted mean of the rows'.
 """
 from __future__ import annotations
 
@@ -40,6 +41,22 @@ class Comparison:
     ci_95: float  # half width of the bootstrap interval around the resampled mean
     p_value: float | None  # None for the baseline
     longyaal_cu_ms: float | None
+
+
+def load_pooled(folders: list[Path]) -> ScoredRun:
+    """One config's result folders over several sets of talks, their segments concatenated in order."""
+    runs = [load_run(folder) for folder in folders]
+    if len(runs) == 1:
+        return runs[0]
+    if len({run.lang for run in runs}) > 1:
+        raise ValueError(f"{' + '.join(run.name for run in runs)}: rows of different languages cannot be pooled")
+    n_segments = [len(run.references) for run in runs]
+    latencies = [run.longyaal_cu_ms for run in runs]
+    latency = (None if None in latencies
+               else sum(ms * n for ms, n in zip(latencies, n_segments)) / sum(n_segments))
+    return ScoredRun(name="+".join(run.name for run in runs), lang=runs[0].lang,
+                     predictions=[p for run in runs for p in run.predictions],
+                     references=[r for run in runs for r in run.references], longyaal_cu_ms=latency)
 
 
 def load_run(folder: Path) -> ScoredRun:
@@ -96,8 +113,8 @@ def format_table(comparisons: list[Comparison]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("baseline", type=Path, help="result folder every other run is tested against")
-    parser.add_argument("systems", type=Path, nargs="+", help="result folders to test against the baseline")
+    parser.add_argument("baseline", help="result folder every other run is tested against (A+B: pooled)")
+    parser.add_argument("systems", nargs="+", help="result folders to test against the baseline (A+B: pooled)")
     parser.add_argument("--test", choices=("bs", "ar"), default="bs",
                         help="paired bootstrap resampling or approximate randomisation (default: bs)")
     parser.add_argument("--samples", type=int, default=1000, help="resamples or trials (default: 1000)")
@@ -107,7 +124,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    runs = [load_run(folder) for folder in (args.baseline, *args.systems)]
+    runs = [load_pooled([Path(folder) for folder in spec.split("+")]) for spec in (args.baseline, *args.systems)]
     table = format_table(compare(runs, args.test, args.samples))
     print(table, end="")
     if args.out:

@@ -5,7 +5,7 @@ import random
 import pytest
 from sacrebleu.metrics import BLEU, CHRF
 
-from eval.compare import compare, load_run, main
+from eval.compare import compare, load_pooled, load_run, main
 
 WORDS = ("der die das Haus Baum geht schnell heute wir sehen einen großen Hund und eine kleine Katze im Garten "
          "morgen fährt sie nach Berlin weil es dort regnet").split()
@@ -84,3 +84,15 @@ def test_the_command_prints_and_writes_the_table(tmp_path, capsys):
     assert [(r[0], r[1]) for r in rows[1:]] == [("base", "BLEU"), ("system", "BLEU"), ("base", "chrF"),
                                                 ("system", "chrF")]
     assert rows[1][4] == "(baseline)" and float(rows[2][4]) <= 1.0
+
+
+def test_rows_of_several_talk_sets_are_pooled(tmp_path):
+    first, second = sentences(10, seed=7), sentences(30, seed=8)
+    a = write_run(tmp_path / "heldout", "x", "de", damaged(first, 9, keep=0.6), first, longyaal_ms=1000.0)
+    b = write_run(tmp_path / "fresh", "x", "de", damaged(second, 10, keep=0.6), second, longyaal_ms=2000.0)
+    pooled = load_pooled([a, b])
+    assert pooled.references == first + second and len(pooled.predictions) == 40
+    assert pooled.longyaal_cu_ms == pytest.approx(1750.0)  # weighted by segments: (10 * 1000 + 30 * 2000) / 40
+    other = write_run(tmp_path / "fresh", "zh", "zh", second, second)
+    with pytest.raises(ValueError, match="different languages"):
+        load_pooled([a, other])
