@@ -69,6 +69,7 @@ class StepReport:
     stop: str  # the token that stopped the draft and the source unit it looked at ("" if none)
     quota: int | None  # the most units the policy could write in this step (None: no bound; 0: nothing drafted)
     written: str  # text written in this step (final passes and the draft)
+    n_drafted_units: int  # the last units of `written` that came from the draft (the rest: final passes)
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ class Cascade:
         self.transcriber_options = transcriber_options
         self.source_options = source_options
         self.guards = translator.guards
-        self.policy = policy or AlignAttPolicy()  # decides how much of each draft is written
+        self.policy = policy or AlignAttPolicy(guards=self.guards)  # decides how much of each draft is written
         self.talk = self._new_talk()
         self.last_step: StepReport | None = None  # the step the last push() ran (None: it only gathered audio)
 
@@ -158,7 +159,7 @@ class Cascade:
             if drafted:
                 talk.prefix_heard_units = accessible
         self.last_step = self._report(open_sentence, len(update.committed), accessible, step, skipped, quota,
-                                      units + drafted)
+                                      units, drafted)
         return units + drafted
 
     def finish(self) -> list[str]:
@@ -230,7 +231,7 @@ class Cascade:
                 and len(sentence.units) < MAX_CARRIED_UNITS)
 
     def _report(self, sentence: SourceSentence, n_committed: int, accessible: int, step: DraftResult | None,
-                skipped: bool, quota: int | None, written: list[str]) -> StepReport:
+                skipped: bool, quota: int | None, finished: list[str], drafted: list[str]) -> StepReport:
         draft = self.translator.continuation_text(step.prompt, step.draft_ids) if step else ""
         return StepReport(
             heard_s=self.heard_s, transcript=sentence.text, held=self.talk.source.held_text, n_committed=n_committed,
@@ -239,7 +240,8 @@ class Cascade:
             n_draft_tokens=len(step.draft_ids) if step else 0,
             n_accepted_tokens=step.gate.n_accepted_tokens if step else 0,
             stop=self.translator.describe_stop(step) if step else "", quota=quota,
-            written=(("" if self.translator.char_level else " ").join(written)))
+            written=(("" if self.translator.char_level else " ").join(finished + drafted)),
+            n_drafted_units=len(drafted))
 
     def _accept(self, new_text: str) -> list[str]:
         """Append accepted text to the open sentence's translation; return its units."""

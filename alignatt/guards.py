@@ -8,7 +8,8 @@ so one premature full stop would make every later draft continue a finished sent
   ends in sentence-final punctuation (a full stop inside the text, followed by more, is fine);
 - the final pass of a committed sentence is made to continue when the accepted text ended a sentence before the
   whole source had been heard, and it drops a continuation that repeats the end of the accepted text;
-- written text stops where it would start a degenerate loop (one group of units over and over).
+- a degenerate loop (one group of units over and over) is written at most `loop_repeats` - 1 times: a draft's
+  text stops before the next copy, a final pass drops the copies and keeps what follows them.
 All functions here are pure.
 """
 from __future__ import annotations
@@ -88,31 +89,62 @@ def trim_repeated_start(prefix: str, continuation: str, char_level: bool, min_un
 LOOP_GROUP_UNITS = 4  # the longest group of units a loop repeats ("-von -die -von -die ...")
 
 
-def _repeats_group(keys: list[str], end: int, group: int, times: int) -> bool:
-    """True when keys[end - times * group : end] is one group of `group` keys repeated `times` times."""
-    start = end - times * group
-    if start < 0:
-        return False
-    first = keys[start:start + group]
-    return all(keys[start + k * group:start + (k + 1) * group] == first for k in range(1, times))
+def _completed_loop_group(keys: list[str], repeats: int) -> int:
+    """The size of a group of 1-4 keys with a letter in it that `keys` end with `repeats` times in a row (0: none).
+    Digits alone ("000 000 000") and punctuation repeat legitimately."""
+    for group in range(1, LOOP_GROUP_UNITS + 1):
+        start = len(keys) - repeats * group
+        if start < 0:
+            return 0
+        first = keys[start:start + group]
+        if any(ch.isalpha() for key in first for ch in key) and all(
+                keys[start + k * group:start + (k + 1) * group] == first for k in range(1, repeats)):
+            return group
+    return 0
+
+
+def _loop_units(prefix: str, spans: list[tuple[int, int]], text: str, char_level: bool, repeats: int) -> list[int]:
+    """Indices of the units of `text` that repeat a loop (`prefix` + `text` holding a group `repeats` times in a
+    row), each judged with the earlier ones dropped, so every group keeps `repeats` - 1 copies."""
+    keys = [_unit_key(u) for u in split_units(prefix, char_level)]
+    kept: list[int] = []
+    looping: list[int] = []
+    for i, (start, end) in enumerate(spans):
+        keys.append(_unit_key(text[start:end]))
+        kept.append(i)
+        group = _completed_loop_group(keys, repeats)
+        if group:
+            in_text = min(group, len(kept))  # a copy may begin in the prefix, which is written already
+            looping.extend(kept[-in_text:])
+            del kept[-in_text:], keys[-in_text:]
+    return sorted(looping)
 
 
 def cut_loop(prefix: str, text: str, char_level: bool, repeats: int) -> str:
-    """`text` up to where `prefix` + `text` would hold a group of 1-4 units `repeats` times in a row (compared
-    without case and punctuation); "" when the loop already fills `prefix`. A small translator can fall into
-    repeating one word for the rest of its budget ("-mitunter -mitunter ..."): each copy is a word the listener
-    reads and the scorer counts, and no later step can take it back."""
+    """`text` up to the first unit that would make `prefix` + `text` hold a group of 1-4 units `repeats` times in
+    a row (compared without case and punctuation), so that a draft's written text stays a prefix of the draft. A
+    small translator can fall into repeating one word for the rest of its budget ("-mitunter -mitunter ..."):
+    each copy is a word the listener reads and the scorer counts, and no later step can take it back."""
     if repeats <= 0:
         return text
-    n_prefix = len(split_units(prefix, char_level))
     spans = unit_spans(text, char_level)
-    keys = [_unit_key(u) for u in split_units(prefix, char_level)] + [_unit_key(text[a:b]) for a, b in spans]
-    for end in range(n_prefix + 1, len(keys) + 1):
-        for group in range(1, LOOP_GROUP_UNITS + 1):
-            if _repeats_group(keys, end, group, repeats):
-                kept = end - group - n_prefix  # text units before the copy that completes the loop
-                return text[:spans[kept - 1][1]] if kept > 0 else ""
-    return text
+    looping = _loop_units(prefix, spans, text, char_level, repeats)
+    if not looping:
+        return text
+    return text[:spans[looping[0] - 1][1]] if looping[0] > 0 else ""
+
+
+def drop_loop_copies(prefix: str, text: str, char_level: bool, repeats: int) -> str:
+    """`text` without the units that repeat a loop, keeping what follows it: a final pass that goes on after a
+    loop the drafts were cut at ("Haus Haus Haus" written, then " Haus und dann ...") still translates the rest."""
+    if repeats <= 0:
+        return text
+    spans = unit_spans(text, char_level)
+    looping = set(_loop_units(prefix, spans, text, char_level, repeats))
+    if not looping:
+        return text
+    # Each kept unit comes with the whitespace before it in `text`.
+    return "".join(text[spans[i - 1][1] if i else 0:end] for i, (_, end) in enumerate(spans) if i not in looping)
 
 
 def final_pass_budget(n_source_tokens: int, max_tokens: int) -> int:

@@ -18,7 +18,8 @@ from alignatt.capture import HeadRef
 from alignatt.decoding import DecodeConfig, Decoder, Request, StopWhen, make_decoder
 from alignatt.devices import resolve_device, resolve_dtype
 from alignatt.gguf_cache import DEFAULT_CACHE_DIR, converted_checkpoint
-from alignatt.guards import GuardOptions, cut_loop, final_pass_budget, hold_sentence_end, trim_repeated_start
+from alignatt.guards import (GuardOptions, cut_loop, drop_loop_copies, final_pass_budget, hold_sentence_end,
+                             trim_repeated_start)
 from alignatt.heads import HeadsFile, check_query_row, query_row_position
 from alignatt.policy import GateDecision, PolicyConfig, complete_units_text, gate_draft
 from alignatt.prompt import PromptBuilder, PromptConfig, RenderedPrompt
@@ -277,4 +278,4 @@ class Translator:
         draft_ids, _ = self._split_end(prompt, generated.token_ids)
         text = self.continuation_text(prompt, draft_ids).rstrip()
         text = trim_repeated_start(prompt.target_prefix, text, self.char_level, self.guards.min_repeat_units)
-        return cut_loop(prompt.target_prefix, text, self.char_level, self.guards.loop_repeats)
+        return drop_loop_copies(prompt.target_prefix, text, self.char_level, self.guards.loop_repeats)

@@ -15,6 +15,7 @@ config's rows over several sets of talks; its latency is then the segment-weight
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,7 +125,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    runs = [load_pooled([Path(folder) for folder in spec.split("+")]) for spec in (args.baseline, *args.systems)]
+    specs = [args.baseline, *args.systems]
+    runs = [load_pooled([Path(folder) for folder in spec.split("+")]) for spec in specs]
+    if len({run.name for run in runs}) < len(runs):  # the same config from other studies: name rows as given
+        runs = [dataclasses.replace(run, name=spec) for run, spec in zip(runs, specs)]
     table = format_table(compare(runs, args.test, args.samples))
     print(table, end="")
     if args.out:

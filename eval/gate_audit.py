@@ -6,9 +6,10 @@ the talk's output finally holds at that position:
 - "changed": another word came there. Writing the draft's word would have put a word there that the system,
   with more audio, no longer chose: the hold kept a guess out of the text;
 - "same": the same word came later. The hold cost latency and kept nothing out.
-Words are compared case-folded, letters and digits only, a word cut inside the draft matching any word it
-begins. Steps that reused the last draft are not counted again. This is a proxy for "was the stop right": a
-changed word may also follow from a prefix that changed before it.
+Words are compared case-folded, letters and digits only; the draft's last word, possibly cut inside, matches
+any word it begins. Steps that reused the last draft are not counted again. A step where the gate stopped a
+token counts as the gate's hold even where a guard cut the text before that token. This is a proxy for "was
+the stop right": a changed word may also follow from a prefix that changed before it.
 
     python -m eval.gate_audit eval/results/curves/heldout_first/de.low.aligned-b1.cut ... [--out FILE.tsv]
 
@@ -32,10 +33,13 @@ class HeldBack:
     draft_unit: str  # the draft's first unit that was not written
     final_unit: str  # what the output holds at that position ("" past its end)
 
+    draft_unit_is_last: bool  # the draft's last unit, which generation may have cut inside the word
+
     @property
     def changed(self) -> bool:
-        return not (self.final_unit.startswith(self.draft_unit) or self.draft_unit.startswith(self.final_unit)) \
-            or not self.final_unit
+        if self.draft_unit_is_last:
+            return not (self.final_unit and self.final_unit.startswith(self.draft_unit))
+        return self.final_unit != self.draft_unit
 
 
 def unit_keys(text: str, char_level: bool) -> list[str]:
@@ -44,15 +48,31 @@ def unit_keys(text: str, char_level: bool) -> list[str]:
     return [key for key in keys if key]
 
 
-def policy_held(policy: str, step: dict, n_from_draft: int) -> bool:
+def policy_held(policy: str, step: dict, n_units_from_draft: int) -> bool:
     """Whether the policy's own rule held the unit back: the AlignAtt gate stopped a token, wait-k's quota was
     reached, or (LocalAgreement-2, which holds all it does by its agreement) always. The step log records the
     gate's verdict under every policy, so it is read as the reason under AlignAtt only."""
     if policy == "alignatt":
         return bool(step["stop"])
     if policy.startswith("wait-k"):
-        return step["quota"] == n_from_draft
+        return step["quota"] == n_units_from_draft
     return True
+
+
+def drafted_units(step: dict, char_level: bool) -> list[str] | None:
+    """The units the step wrote from its draft: the end of `written`, after any final pass of a committed
+    sentence. Logs from before `n_drafted_units` was recorded give the longest end of `written` that starts the
+    draft (None when the step committed nothing and `written` does not start the draft)."""
+    written = split_units(step["written"], char_level)
+    if "n_drafted_units" in step:
+        return written[len(written) - step["n_drafted_units"]:]
+    draft = split_units(step["draft"], char_level)
+    if not step["n_committed"]:
+        return written if [u.casefold() for u in draft[:len(written)]] == [u.casefold() for u in written] else None
+    for k in range(min(len(written), len(draft)), -1, -1):
+        if [u.casefold() for u in written[len(written) - k:]] == [u.casefold() for u in draft[:k]]:
+            return written[len(written) - k:]
+    return None
 
 
 def held_back(steps: list[dict], prediction: str, char_level: bool, policy: str) -> list[HeldBack]:
@@ -64,12 +84,15 @@ def held_back(steps: list[dict], prediction: str, char_level: bool, policy: str)
         step = line.get("step")
         if not step or not step["draft"] or step["draft_skipped"]:
             continue
-        draft, from_draft = unit_keys(step["draft"], char_level), unit_keys(step["written"], char_level)
-        if draft[:len(from_draft)] != from_draft or len(draft) <= len(from_draft):
-            continue  # the step wrote all the draft offered (or text that is not its start)
+        from_draft = drafted_units(step, char_level)
+        draft = unit_keys(step["draft"], char_level)
+        n_from_draft = len(unit_keys(" ".join(from_draft or []), char_level))
+        if from_draft is None or len(draft) <= n_from_draft:
+            continue  # the step wrote all the draft offered
         reason = "policy" if policy_held(policy, step, len(from_draft)) else "other"
         final_unit = final[n_written] if n_written < len(final) else ""
-        decisions.append(HeldBack(line["source_ms"], reason, draft[len(from_draft)], final_unit))
+        decisions.append(HeldBack(line["source_ms"], reason, draft[n_from_draft], final_unit,
+                                  draft_unit_is_last=n_from_draft == len(draft) - 1))
     return decisions
 
 

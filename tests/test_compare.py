@@ -96,3 +96,12 @@ def test_rows_of_several_talk_sets_are_pooled(tmp_path):
     other = write_run(tmp_path / "fresh", "zh", "zh", second, second)
     with pytest.raises(ValueError, match="different languages"):
         load_pooled([a, other])
+
+
+def test_rows_of_the_same_name_are_named_as_given(tmp_path, capsys):
+    references = sentences(20, seed=11)
+    for study in ("tune", "heldout"):
+        write_run(tmp_path / study, "de.x", "de", damaged(references, 12, keep=0.7), references)
+    main([str(tmp_path / "tune" / "de.x"), str(tmp_path / "heldout" / "de.x"), "--samples", "20"])
+    names = [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()[1:3]]
+    assert names == [str(tmp_path / "tune" / "de.x"), str(tmp_path / "heldout" / "de.x")]

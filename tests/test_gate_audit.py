@@ -6,10 +6,14 @@ import pytest
 from eval.gate_audit import audit, held_back, main
 
 
-def step(written, draft, stop="", quota=None, skipped=False, source_ms=850.0):
-    """One line of the timed agent's step log; `written` is what the step wrote, all of it from the draft."""
-    return {"source_ms": source_ms, "written": written,
-            "step": {"draft": draft, "draft_skipped": skipped, "stop": stop, "quota": quota, "written": written}}
+def step(written, draft, stop="", quota=None, skipped=False, source_ms=850.0, n_committed=0, n_drafted=None):
+    """One line of the timed agent's step log; `n_drafted`: how many of the written units came from the draft (the
+    rest finished a committed sentence); None: a log from before that was recorded."""
+    report = {"draft": draft, "draft_skipped": skipped, "stop": stop, "quota": quota, "written": written,
+              "n_committed": n_committed}
+    if n_drafted is not None:
+        report["n_drafted_units"] = n_drafted
+    return {"source_ms": source_ms, "written": written, "step": report}
 
 
 TALK = [
@@ -36,7 +40,29 @@ def test_the_reason_follows_the_policy():
     reasons = [d.reason for d in held_back(talk, "Ich bin Sarah", False, "wait-k1")]
     assert reasons == ["policy", "other"]  # the second step could have written two units and wrote one
     assert [d.reason for d in held_back(talk, "Ich bin Sarah", False, "local-agreement")] == ["policy", "policy"]
-    assert held_back([step("我", "我是")], "我们", True, "alignatt")[0].changed  # per character: 是, then 们 came
+    # Per character: 是 was held back, then 们 came.
+    assert held_back([step("我", "我是")], "我们", True, "alignatt")[0].changed
+
+
+def test_a_step_that_also_finished_a_sentence_is_read_after_its_final_pass():
+    # "Danke." finished the committed sentence, then the draft of the next one wrote "Ich" and held back "bin".
+    talk = [step("Danke. Ich", " Ich bin", stop="' bin' looks at unit 2", n_committed=1, n_drafted=1)]
+    assert [(d.draft_unit, d.final_unit) for d in held_back(talk, "Danke. Ich bin", False, "alignatt")] == [
+        ("bin", "bin")]
+    old_log = [step("Danke. Ich", " Ich bin", stop="' bin' looks at unit 2", n_committed=1)]
+    assert held_back(old_log, "Danke. Ich bin", False, "alignatt") == held_back(talk, "Danke. Ich bin", False,
+                                                                                 "alignatt")
+    # The final pass ends in the word the next draft starts with, and nothing of the draft was written.
+    talk = [step("Danke.", " Danke schön", stop="' Danke' looks at unit 3", n_committed=1, n_drafted=0)]
+    (decision,) = held_back(talk, "Danke. Danke schön", False, "alignatt")
+    assert (decision.draft_unit, decision.final_unit, decision.changed) == ("danke", "danke", False)
+
+
+def test_only_a_cut_last_word_matches_a_longer_one():
+    talk = [step("", " direkt Refer", stop="' direkt' looks at unit 5"), step("direkte", " direkte Refer")]
+    first, second = held_back(talk, "direkte Referenzen", False, "alignatt")
+    assert first.changed  # "direkt" is a whole word of the draft: "direkte" came instead
+    assert not second.changed  # "Refer", cut where the draft ended, began "Referenzen"
 
 
 def write_folder(root, name, policy, talks):

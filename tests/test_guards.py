@@ -1,8 +1,8 @@
 """The guards against premature sentence ends and lost content, as pure functions."""
 import pytest
 
-from alignatt.guards import (GuardOptions, cut_loop, ends_sentence, final_pass_budget, hold_sentence_end,
-                             strip_sentence_final, trim_repeated_start)
+from alignatt.guards import (GuardOptions, cut_loop, drop_loop_copies, ends_sentence, final_pass_budget,
+                             hold_sentence_end, strip_sentence_final, trim_repeated_start)
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -48,9 +48,20 @@ def test_cut_loop_stops_before_the_copy_that_completes_a_loop():
     assert cut_loop("", "哈哈哈哈哈好", True, 4) == "哈哈哈"
 
 
+def test_a_final_pass_drops_the_copies_and_keeps_what_follows():
+    # The drafts were cut at the loop; the final pass goes on with one more copy, then the real translation.
+    assert drop_loop_copies("Wir Haus Haus Haus", " Haus und dann gehen wir", False, 4) == " und dann gehen wir"
+    assert drop_loop_copies("", " Nein, nein, nein, nein, das war es.", False, 4) == " Nein, nein, nein, das war es."
+    # A copy that begins in the written prefix: only its units in the text can go.
+    assert drop_loop_copies("a b a b a b a", " b c", False, 4) == " c"
+    assert drop_loop_copies("", " x x x x x x y x x", False, 4) == " x x x y x x"
+    assert drop_loop_copies("", "哈哈哈哈哈好", True, 4) == "哈哈哈好"
+
+
 def test_cut_loop_leaves_ordinary_repetition_alone():
-    for text in ("Nein, nein, nein.", "sehr, sehr gut", "die die Arbeit machen", "Schritt für Schritt für Schritt"):
-        assert cut_loop("", text, False, 4) == text
+    for text in ("Nein, nein, nein.", "sehr, sehr gut", "die die Arbeit machen", "Schritt für Schritt für Schritt",
+                 " 1 000 000 000 000 Euro", " * * * * von fünf"):  # digits and punctuation repeat legitimately
+        assert cut_loop("", text, False, 4) == text == drop_loop_copies("", text, False, 4)
     assert cut_loop("", "a a a a a", False, 0) == "a a a a a"  # off
     with pytest.raises(ValueError, match="loop_repeats"):
         GuardOptions(loop_repeats=1)
