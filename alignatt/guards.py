@@ -68,7 +68,8 @@ def hold_sentence_end(text: str, char_level: bool) -> str:
     return text[: spans[-1][1]] if spans else ""
 
 
-def _unit_key(unit: str) -> str:
+def unit_key(unit: str) -> str:
+    """A unit as the guards compare it: case-folded, letters and digits only ("Sarah," and "sarah" match)."""
     return "".join(ch for ch in unit.casefold() if ch.isalnum())
 
 
@@ -77,9 +78,9 @@ def trim_repeated_start(prefix: str, continuation: str, char_level: bool, min_un
     such k; compared without case and punctuation). A model asked to continue sometimes restarts the clause."""
     if min_units <= 0:
         return continuation
-    before = [_unit_key(u) for u in split_units(prefix, char_level)]
+    before = [unit_key(u) for u in split_units(prefix, char_level)]
     spans = unit_spans(continuation, char_level)
-    after = [_unit_key(continuation[a:b]) for a, b in spans]
+    after = [unit_key(continuation[a:b]) for a, b in spans]
     for k in range(min(len(before), len(after)), min_units - 1, -1):
         if before[-k:] == after[:k] and any(before[-k:]):
             return continuation[spans[k - 1][1]:] if k < len(spans) else ""
@@ -106,11 +107,11 @@ def _completed_loop_group(keys: list[str], repeats: int) -> int:
 def _loop_units(prefix: str, spans: list[tuple[int, int]], text: str, char_level: bool, repeats: int) -> list[int]:
     """Indices of the units of `text` that repeat a loop (`prefix` + `text` holding a group `repeats` times in a
     row), each judged with the earlier ones dropped, so every group keeps `repeats` - 1 copies."""
-    keys = [_unit_key(u) for u in split_units(prefix, char_level)]
+    keys = [unit_key(u) for u in split_units(prefix, char_level)]
     kept: list[int] = []
     looping: list[int] = []
     for i, (start, end) in enumerate(spans):
-        keys.append(_unit_key(text[start:end]))
+        keys.append(unit_key(text[start:end]))
         kept.append(i)
         group = _completed_loop_group(keys, repeats)
         if group:

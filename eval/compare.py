@@ -60,14 +60,21 @@ def load_pooled(folders: list[Path]) -> ScoredRun:
                      references=[r for run in runs for r in run.references], longyaal_cu_ms=latency)
 
 
+def read_row(folder: Path, *needed: Path) -> dict:
+    """The result row (`<folder>.json`) of a result folder of eval.run_dev / eval.sweep, once the row and the
+    files `needed` inside the folder exist."""
+    row_path = folder.with_name(folder.name + ".json")
+    for path in (row_path, *(folder / name for name in needed)):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: {folder} is not a scored result folder of eval.run_dev "
+                                    "or eval.sweep")
+    return json.loads(row_path.read_text(encoding="utf-8"))
+
+
 def load_run(folder: Path) -> ScoredRun:
-    """A result folder of eval.run_dev / eval.sweep and its row JSON (`<folder>.json`)."""
-    resegmented, row_path = folder / RESEGMENTED, folder.with_name(folder.name + ".json")
-    for path in (resegmented, row_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: is {folder} a scored result folder of eval.run_dev "
-                                    "or eval.sweep?")
-    row = json.loads(row_path.read_text(encoding="utf-8"))
+    """A result folder of eval.run_dev / eval.sweep: its segments as OmniSTEval scored them, and its row."""
+    row = read_row(folder, RESEGMENTED)
+    resegmented = folder / RESEGMENTED
     lines = [json.loads(line) for line in resegmented.read_text(encoding="utf-8").splitlines() if line.strip()]
     return ScoredRun(name=folder.name, lang=row["lang"], predictions=[line["prediction"] for line in lines],
                      references=[line["reference"] for line in lines], longyaal_cu_ms=row.get("longyaal_cu_ms"))

@@ -23,7 +23,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from alignatt.guards import unit_key
 from alignatt.text_units import is_char_level, split_units
+from eval.compare import read_row
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,6 @@ class HeldBack:
     reason: str  # policy: the policy's own decision (see policy_held); other: a cut word at the draft's end, guards
     draft_unit: str  # the draft's first unit that was not written
     final_unit: str  # what the output holds at that position ("" past its end)
-
     draft_unit_is_last: bool  # the draft's last unit, which generation may have cut inside the word
 
     @property
@@ -43,8 +44,9 @@ class HeldBack:
 
 
 def unit_keys(text: str, char_level: bool) -> list[str]:
-    """The units of `text` as comparison keys; units without letters or digits (a lone comma) are left out."""
-    keys = ("".join(ch for ch in unit.casefold() if ch.isalnum()) for unit in split_units(text, char_level))
+    """The units of `text` as the guards compare them; units without letters or digits (a lone comma) are left
+    out."""
+    keys = (unit_key(unit) for unit in split_units(text, char_level))
     return [key for key in keys if key]
 
 
@@ -66,11 +68,12 @@ def drafted_units(step: dict, char_level: bool) -> list[str] | None:
     written = split_units(step["written"], char_level)
     if "n_drafted_units" in step:
         return written[len(written) - step["n_drafted_units"]:]
-    draft = split_units(step["draft"], char_level)
+    folded_written = [u.casefold() for u in written]
+    folded_draft = [u.casefold() for u in split_units(step["draft"], char_level)]
     if not step["n_committed"]:
-        return written if [u.casefold() for u in draft[:len(written)]] == [u.casefold() for u in written] else None
-    for k in range(min(len(written), len(draft)), -1, -1):
-        if [u.casefold() for u in written[len(written) - k:]] == [u.casefold() for u in draft[:k]]:
+        return written if folded_draft[:len(written)] == folded_written else None
+    for k in range(min(len(written), len(folded_draft)), -1, -1):
+        if folded_written[len(written) - k:] == folded_draft[:k]:
             return written[len(written) - k:]
     return None
 
@@ -85,9 +88,11 @@ def held_back(steps: list[dict], prediction: str, char_level: bool, policy: str)
         if not step or not step["draft"] or step["draft_skipped"]:
             continue
         from_draft = drafted_units(step, char_level)
+        if from_draft is None:
+            continue  # an old log whose written text is not the draft's start
         draft = unit_keys(step["draft"], char_level)
-        n_from_draft = len(unit_keys(" ".join(from_draft or []), char_level))
-        if from_draft is None or len(draft) <= n_from_draft:
+        n_from_draft = len(unit_keys(" ".join(from_draft), char_level))
+        if len(draft) <= n_from_draft:
             continue  # the step wrote all the draft offered
         reason = "policy" if policy_held(policy, step, len(from_draft)) else "other"
         final_unit = final[n_written] if n_written < len(final) else ""
@@ -110,10 +115,7 @@ def talk_logs(folder: Path) -> list[tuple[list[dict], str]]:
 
 def audit(folder: Path) -> dict:
     """Counts over a result folder: held-back units by reason, and how many of them changed later."""
-    row_path = folder.with_name(folder.name + ".json")
-    if not (folder / "talks").is_dir() or not row_path.is_file():
-        raise FileNotFoundError(f"{folder} is not a scored result folder of eval.run_dev or eval.sweep")
-    result_row = json.loads(row_path.read_text(encoding="utf-8"))
+    result_row = read_row(folder, Path("talks"))
     char_level = is_char_level(result_row["lang"])
     decisions = [d for steps, prediction in talk_logs(folder)
                  for d in held_back(steps, prediction, char_level, result_row["policy"])]
