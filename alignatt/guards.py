@@ -9,7 +9,8 @@ so one premature full stop would make every later draft continue a finished sent
 - the final pass of a committed sentence is made to continue when the accepted text ended a sentence before the
   whole source had been heard, and it drops a continuation that repeats the end of the accepted text;
 - a degenerate loop (one group of units over and over) is written at most `loop_repeats` - 1 times: a draft's
-  text stops before the next copy, a final pass drops the copies and keeps what follows them.
+  text stops before the next copy, a final pass drops the copies and keeps what follows them, and a final pass
+  whose own text has repeated a group LOOP_STOP_FACTOR x `loop_repeats` times in a row ends there.
 All functions here are pure.
 """
 from __future__ import annotations
@@ -88,6 +89,10 @@ def trim_repeated_start(prefix: str, continuation: str, char_level: bool, min_un
 
 
 LOOP_GROUP_UNITS = 4  # the longest group of units a loop repeats ("-von -die -von -die ...")
+# A looping final pass would run to its token budget (up to 160 tokens, about 17 s on 2 CPU cores) only to have its
+# copies dropped; after this many times `loop_repeats` copies in a row it stops. Text it would have written after
+# so long a loop is given up.
+LOOP_STOP_FACTOR = 2
 
 
 def _completed_loop_group(keys: list[str], repeats: int) -> int:
@@ -102,6 +107,12 @@ def _completed_loop_group(keys: list[str], repeats: int) -> int:
                 keys[start + k * group:start + (k + 1) * group] == first for k in range(1, repeats)):
             return group
     return 0
+
+
+def ends_in_loop(text: str, char_level: bool, repeats: int) -> bool:
+    """Whether `text` ends with one group of 1-4 units `repeats` times in a row (compared as `cut_loop` does)."""
+    keys = [unit_key(text[start:end]) for start, end in unit_spans(text, char_level)]
+    return repeats > 0 and _completed_loop_group(keys, repeats) > 0
 
 
 def _loop_units(prefix: str, spans: list[tuple[int, int]], text: str, char_level: bool, repeats: int) -> list[int]:

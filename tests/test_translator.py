@@ -1,5 +1,7 @@
 """The translator end to end on tiny random-init models with real tokenizers."""
 import copy
+import dataclasses
+import functools
 
 import numpy as np
 import pytest
@@ -153,6 +155,26 @@ def test_a_degenerate_loop_is_cut_in_drafts_and_final_passes(gemma_tok):
     everything_heard = len(SOURCE.split())
     assert guarded.draft(SOURCE, everything_heard, "Wir").new_text == " Haus Haus Haus"
     assert loose.draft(SOURCE, everything_heard, "Wir").new_text.split().count("Haus") > 3
+
+
+def test_a_looping_final_pass_stops_early_with_the_same_text(gemma_tok):
+    translator = Translator(looping_model(gemma_tok), gemma_tok, HEADS, PromptConfig(target_lang="de"))
+    generate = translator.decoder.generate
+    generated_tokens = []
+
+    def recording(request, stop=True):
+        if not stop:  # what the model generates without the loop stop
+            request = dataclasses.replace(request, generate_kwargs={})
+        generated = generate(request)
+        generated_tokens.append(len(generated.token_ids))
+        return generated
+
+    translator.decoder.generate = recording
+    stopped = translator.finish(SOURCE, "Wir")
+    translator.decoder.generate = functools.partial(recording, stop=False)
+    assert stopped == translator.finish(SOURCE, "Wir") == " Haus Haus Haus"
+    haus_tokens = len(gemma_tok.encode(" Haus", add_special_tokens=False))
+    assert generated_tokens[0] == 8 * haus_tokens < generated_tokens[1]  # 2 x loop_repeats copies, then it stops
 
 
 def test_finish_budget_grows_with_the_source(gemma_model, gemma_tok):
