@@ -45,8 +45,8 @@ class WhisperOptions:
     beam_size: int = field(default=1, metadata={"help": "beam size (1: greedy)"})
     encoder_window: str = field(default="30s", metadata={
         "help": "30s: whisper's own window, every window padded to 30 s; fit: the window's audio plus "
-                "--whisper-fit-padding-ms (encoder 3-6x faster on short windows, transcripts differ slightly, "
-                "eval/results/cpu/README.md)"})
+                "--whisper-fit-padding-ms (the ASR 2-3x faster on CPU, other transcripts: about 1.5 BLEU lower "
+                "on the proxy, eval/results/curves/README.md)"})
     fit_padding_ms: float = field(default=3000.0, metadata={
         "help": "padding the encoder sees after the audio under --whisper-encoder-window fit"})
     # Shorter encoder inputs made whisper loop on short windows ("It was the age of was it was the age of was").
