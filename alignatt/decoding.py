@@ -13,6 +13,7 @@ prefix computed by an earlier call), which can flip a near-tied greedy token of 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import logging
@@ -25,6 +26,7 @@ from transformers import CompileConfig, GenerationConfig, StaticCache, StoppingC
 from transformers.cache_utils import StaticLayer
 
 from alignatt.capture import HeadRef, capture_heads
+from alignatt.lm_head import LM_HEAD_MODES, ScreenedHead, make_screen, screened_generate_args
 from alignatt.static_capture import StaticQKCapture
 
 logger = logging.getLogger(__name__)
@@ -69,10 +71,15 @@ class DecodeConfig:
     compile_backend: str = field(default="inductor", metadata={"help": "torch.compile backend"})
     compile_mode: str = field(default="reduce-overhead", metadata={
         "help": "torch.compile mode: reduce-overhead (CUDA graphs), default, max-autotune, ..."})
+    lm_head: str = field(default="auto", metadata={
+        "help": "greedy decoding's LM head: auto (screened on CPU where its check passes and it pays), full (the "
+                "fp32 head), screened (int8 screen + fp32 candidates; the same greedy tokens as full)"})
 
     def __post_init__(self):
         if self.decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {DECODE_MODES}, got {self.decode!r}")
+        if self.lm_head not in LM_HEAD_MODES:
+            raise ValueError(f"lm_head must be one of {LM_HEAD_MODES}, got {self.lm_head!r}")
         if self.max_cache_tokens < 32:
             raise ValueError(f"max_cache_tokens must be at least 32, got {self.max_cache_tokens}")
 
@@ -136,25 +143,29 @@ class Decoder(Protocol):
     def warm_up(self, filler_ids: Sequence[int], generation: GenerationConfig) -> None: ...
 
 
-def _run_generate(model, input_ids: torch.Tensor, generation: GenerationConfig, **kwargs) -> list[int]:
-    with torch.no_grad():
+def _run_generate(model, input_ids: torch.Tensor, generation: GenerationConfig, screen: ScreenedHead | None,
+                  **kwargs) -> list[int]:
+    generation, kwargs, installed = screened_generate_args(screen, generation, kwargs, input_ids.shape[1])
+    with torch.no_grad(), (installed or contextlib.nullcontext()):
         output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), generation_config=generation,
                                 **kwargs)
     return output[0, input_ids.shape[1]:].tolist()
 
 
 class EagerDecoder:
-    def __init__(self, model, heads: Sequence[HeadRef]):
+    def __init__(self, model, heads: Sequence[HeadRef], screen: ScreenedHead | None = None):
         self.model = model
         self.heads = tuple(heads)
+        self.screen = screen
 
     def generate(self, request: Request) -> Generated:
         input_ids = torch.tensor([list(request.input_ids)], device=self.model.device)
         if request.capture_from is None:
-            return Generated(_run_generate(self.model, input_ids, request.generation, **request.generate_kwargs), None)
+            return Generated(_run_generate(self.model, input_ids, request.generation, self.screen,
+                                           **request.generate_kwargs), None)
         with capture_heads(self.model, self.heads, query_start_position=request.capture_from) as capture:
             kwargs = _generate_kwargs(request, lambda n_fed: capture)  # the live capture holds what was fed
-            tokens = _run_generate(self.model, input_ids, request.generation, **kwargs)
+            tokens = _run_generate(self.model, input_ids, request.generation, self.screen, **kwargs)
         return Generated(tokens, capture)
 
     def warm_up(self, filler_ids: Sequence[int], generation: GenerationConfig) -> None:
@@ -216,13 +227,15 @@ class StaticDecoder:
     by the same call that filled the cache at those positions.
     """
 
-    def __init__(self, model, heads: Sequence[HeadRef], config: DecodeConfig, compile: bool):
+    def __init__(self, model, heads: Sequence[HeadRef], config: DecodeConfig, compile: bool,
+                 screen: ScreenedHead | None = None):
         self.model = model
         self.config = config
         self.compile = compile
+        self.screen = screen
         self.capture = StaticQKCapture(model, heads, config.max_cache_tokens)
         self.prompt_kv = PromptKV(model, config.max_cache_tokens)
-        self.fallback = EagerDecoder(model, heads)
+        self.fallback = EagerDecoder(model, heads, screen)
         self.compile_failed = False
         self._warned_long = False
 
@@ -257,7 +270,7 @@ class StaticDecoder:
         kwargs = _generate_kwargs(request, lambda n_fed: self.capture.sequence(request.capture_from, n_fed))
         with self.capture:
             reused = self.prompt_kv.rewind(request.input_ids, self.config.reuse_prompt_kv)
-            tokens = _run_generate(self.model, input_ids, self._generation_config(request.generation),
+            tokens = _run_generate(self.model, input_ids, self._generation_config(request.generation), self.screen,
                                    past_key_values=self.prompt_kv.cache, **kwargs)
         fed = list(request.input_ids) + tokens[:-1]  # the last generated token is never fed back
         self.prompt_kv.fed(fed)
@@ -283,6 +296,7 @@ class StaticDecoder:
 def make_decoder(model, heads: Sequence[HeadRef], config: DecodeConfig) -> Decoder:
     mode = config.resolved(model.device)
     logger.info("decoding path: %s", mode)
+    screen = make_screen(model, config.lm_head, compiled=mode == "compiled")
     if mode == "eager":
-        return EagerDecoder(model, heads)
-    return StaticDecoder(model, heads, config, compile=mode == "compiled")
+        return EagerDecoder(model, heads, screen)
+    return StaticDecoder(model, heads, config, compile=mode == "compiled", screen=screen)

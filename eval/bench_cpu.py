@@ -61,6 +61,16 @@ def component_seconds(stats: pstats.Stats) -> dict[str, float]:
     return totals
 
 
+def lm_head_summary(cascade) -> dict:
+    """How greedy decoding's head ran: screened (alignatt.lm_head) or the full fp32 head."""
+    screen = getattr(cascade.translator.decoder, "screen", None)
+    if screen is None:
+        return {"mode": "full"}
+    counts = screen.counts
+    return {"mode": "screened", "tokens": counts.tokens, "fallbacks": counts.fallbacks,
+            "fp32_rows_per_token": round(counts.candidates / max(1, counts.tokens), 1)}
+
+
 def main() -> None:
     args, agent_flags = parse_args()
     import torch
@@ -101,6 +111,7 @@ def main() -> None:
         "components_s": {name: round(seconds, 2) for name, seconds in totals.items()},
         "components_ms_per_step": {name: round(1000 * seconds / max(1, len(steps)), 1)
                                    for name, seconds in totals.items()},
+        "lm_head": lm_head_summary(cascade),
         "translation_sha1": hashlib.sha1(translation.encode()).hexdigest()[:12], "translation": translation,
         "note": "cProfile adds a few per cent of overhead; components nest (mt.draft holds prompt, generate, "
                 "replay and gate; final holds its own generate)",

