@@ -57,37 +57,40 @@ class QuantisedHead:
     row_norm: torch.Tensor  # (vocab,) ||w||_2
 
     @classmethod
-    def of(cls, weight: torch.Tensor) -> "QuantisedHead":
+    def of(cls, weight: torch.Tensor, rows_per_chunk: int = 8192) -> "QuantisedHead":
         weight = weight.detach()
-        scales = (weight.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.bfloat16).tiny).to(torch.bfloat16)
-        q = torch.round(weight / scales.float()[:, None]).clamp(-127, 127).to(torch.int8)
+        parts = [cls._quantise(chunk) for chunk in weight.split(rows_per_chunk)]  # chunks stay in cache
+        q, scales, err_max, err_norm, scaled_norm, row_norm = (torch.cat(column) for column in zip(*parts))
+        return cls(weight, q, scales, err_max, err_norm, scaled_norm, row_norm)
+
+    @staticmethod
+    def _quantise(rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        scales = (rows.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.bfloat16).tiny).to(torch.bfloat16)
+        q = torch.round(rows / scales.float()[:, None]).clamp(-127, 127).to(torch.int8)
         scaled = q.float() * scales.float()[:, None]  # exact: an 8-bit by a 7-bit significand
-        err = weight - scaled
-        return cls(weight, q, scales, err.abs().amax(dim=1), err.norm(dim=1), scaled.norm(dim=1), weight.norm(dim=1))
+        err = rows - scaled
+        return q, scales, err.abs().amax(dim=1), err.norm(dim=1), scaled.norm(dim=1), rows.norm(dim=1)
 
     @property
     def hidden_size(self) -> int:
         return self.weight.shape[1]
 
-    def approximate(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(logits, exact_bound, kernel_bound) for one hidden row (hidden,): every |logit - fp32 head's logit| is
-        at most exact_bound + kernel_bound. exact_bound is the int8 weights' and bf16 input's error, computed from
-        the very values the kernel is given; kernel_bound is what the kernel's fp32 sums and bf16 output add,
-        and the fp32 head's own sum."""
+    def approximate(self, hidden: torch.Tensor, safety: float = SAFETY) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, bound) for one hidden row (hidden,): |logit - the fp32 head's logit| <= bound, row by row.
+
+        Part of the bound is exact: the int8 weights' and the bf16 input's error, computed from the very values
+        the kernel is given. The rest, what the kernel's fp32 sums and bf16 output add (and the fp32 head's own
+        sum), is taken `safety` times."""
         rounded = hidden.to(torch.bfloat16)
         approx = torch._weight_int8pack_mm(rounded[None], self.q, self.scales)[0].float()
         gamma = dot_rounding(self.hidden_size)
         h1, h2 = hidden.abs().sum().item(), hidden.norm().item()
         input_rounding = (hidden - rounded.float()).norm().item()
-        exact_bound = torch.minimum(self.err_max * h1, self.err_norm * h2) + self.scaled_norm * input_rounding
-        kernel_bound = (self.scaled_norm * (gamma * rounded.float().norm().item()) + self.row_norm * (gamma * h2)
-                        + approx.abs() * BF16_ROUNDING)
-        return approx, exact_bound, kernel_bound
-
-    def bounded(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, bound) with the kernel's part of the bound taken SAFETY times."""
-        approx, exact_bound, kernel_bound = self.approximate(hidden)
-        return approx, exact_bound + kernel_bound * SAFETY
+        bound = torch.minimum(self.err_max * h1, self.err_norm * h2)
+        bound.add_(self.scaled_norm, alpha=input_rounding + safety * gamma * rounded.float().norm().item())
+        bound.add_(self.row_norm, alpha=safety * gamma * h2)
+        bound.add_(approx.abs(), alpha=safety * BF16_ROUNDING)
+        return approx, bound
 
     def exact(self, hidden: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """fp32 logits of `rows` and how far another summation order (the full head's) can put each."""
@@ -106,9 +109,9 @@ def self_check(quantised: QuantisedHead, n_probes: int = 6) -> bool:
     rows = quantised.weight[torch.randint(0, quantised.weight.shape[0], (2,), generator=generator)]
     probes += [row / row.norm().clamp_min(1e-12) * 100 for row in rows]  # aligned with a row: one large logit
     for probe in probes:
-        approx, exact_bound, kernel_bound = quantised.approximate(probe)
+        approx, bound = quantised.approximate(probe, safety=1.0)
         full = torch.nn.functional.linear(probe, quantised.weight)
-        if not bool(((approx - full).abs() <= exact_bound + kernel_bound).all()):
+        if not bool(((approx - full).abs() <= bound).all()):
             return False
     return True
 
@@ -127,7 +130,7 @@ def pays_off(quantised: QuantisedHead, repeats: int = 3) -> bool:
             times.append(time.perf_counter() - started)
         return min(times)
 
-    screened = best_of(lambda: quantised.bounded(hidden))
+    screened = best_of(lambda: quantised.approximate(hidden))
     full = best_of(lambda: torch.nn.functional.linear(hidden, quantised.weight))
     return screened < 0.8 * full
 
@@ -182,7 +185,7 @@ class _Session(LogitsProcessor):
             self.pending = _Pending(hidden)
             return torch.nn.functional.linear(hidden, quantised.weight)
         row = hidden[0, 0]
-        approx, bound = quantised.bounded(row)
+        approx, bound = quantised.approximate(row)
         lower = approx - bound
         if len(self.suppressed):  # a suppressed row cannot be the one every winner must beat
             lower[self.suppressed] = float("-inf")
@@ -192,7 +195,7 @@ class _Session(LogitsProcessor):
         upper = approx + bound
         is_candidate = upper >= threshold
         rows = is_candidate.nonzero()[:, 0]
-        others_max = torch.where(is_candidate, float("-inf"), upper).max().item()
+        others_max = upper.masked_fill_(is_candidate, float("-inf")).max().item()
         values, spread = quantised.exact(row, rows)
         logits = torch.full((1, 1, approx.shape[0]), float("-inf"))
         logits[0, 0, rows] = values

@@ -53,9 +53,9 @@ def test_the_int8_logits_stay_within_their_unsafetied_bound_on_real_hidden_state
     model, tokenizer = gemma3
     rows = head_inputs(model, tokenizer, PROMPTS[0] + " Es war die beste aller Zeiten, es war die schlimmste.")
     for row in rows:
-        approx, exact_bound, kernel_bound = screen.quantised.approximate(row)
+        approx, bound = screen.quantised.approximate(row, safety=1.0)
         full = torch.nn.functional.linear(row, model.lm_head.weight)
-        assert bool(((approx - full).abs() <= exact_bound + kernel_bound).all())
+        assert bool(((approx - full).abs() <= bound).all())
 
 
 def test_a_real_token_computes_few_rows_in_fp32(gemma3, screen):
@@ -90,6 +90,7 @@ def test_screened_greedy_generation_is_the_full_heads(gemma3, screen, generation
                                screen=screen).generate(request)
         assert static.token_ids == full.token_ids
     assert screen.counts.tokens - before >= 2 * len(PROMPTS) * 10  # the screen chose these tokens
+    assert screen.counts.fallbacks <= screen.counts.tokens // 20
     assert model.lm_head.__class__ is torch.nn.Linear  # and handed the model its own head back
 
 
@@ -131,6 +132,7 @@ def test_a_penalised_leader_loses_as_under_the_full_head():
         assert int(scores.argmax()) == int(expected.argmax())
         changed += int(expected.argmax()) != int(full.argmax())
     assert changed > 10  # the penalty did move the choice in many of these
+    assert screen.counts.fallbacks <= 2  # and the screen's candidates allowed for it (no full-head rescue)
 
 
 @pytest.mark.parametrize("kind", ["gemma3", "gemma4"])  # gemma4: a final soft cap after the head
