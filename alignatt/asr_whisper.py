@@ -54,6 +54,13 @@ class WhisperOptions:
     # Shorter encoder inputs made whisper loop on short windows ("It was the age of was it was the age of was").
     fit_min_ms: float = field(default=10000.0, metadata={
         "help": "the shortest encoder input under --whisper-encoder-window fit"})
+    # faster-whisper's fallback samples, from a random stream CTranslate2 seeds per process and never per call:
+    # the same window then gave "in short" or "In short," (and once "I'm going to leave here. Slide 2." for
+    # " way."), which breaks the incremental transcriber's premise and makes reruns differ.
+    temperature_fallback: bool = field(default=False, metadata={
+        "help": "when a window's greedy transcript fails whisper's checks, sample again at rising temperatures "
+                "(faster-whisper's default; not reproducible). Off: the greedy transcript, so the same audio "
+                "always gives the same words"})
 
     def __post_init__(self):
         if self.beam_size < 1:
@@ -148,10 +155,10 @@ class WhisperBackend(AsrBackend):
         if len(audio) == 0:
             return []
         duration_s = window_duration_s(audio)
-        bound = {}
+        decoding = {} if self.options.temperature_fallback else {"temperature": 0.0}
         if self.options.encoder_window == "fit":
             asked = math.ceil(duration_s * FIT_TOKENS_PER_S) + FIT_EXTRA_TOKENS
-            bound = {"max_new_tokens": min(asked, MAX_NEW_TOKENS)}
+            decoding["max_new_tokens"] = min(asked, MAX_NEW_TOKENS)
         # No conditioning on previous text and no VAD: each window is transcribed on its own, and the
         # incremental transcriber relies on identical audio giving identical words. The log-mel features are
         # numpy BLAS products whose rounding depends on the BLAS thread count (OMP_NUM_THREADS: 1 in a Ray worker,
@@ -159,7 +166,7 @@ class WhisperBackend(AsrBackend):
         with threadpool_limits(limits=1, user_api="blas"):
             segments, _ = self.model.transcribe(
                 audio, language=self.options.language, word_timestamps=True, beam_size=self.options.beam_size,
-                condition_on_previous_text=False, vad_filter=False, **bound)
+                condition_on_previous_text=False, vad_filter=False, **decoding)
             timed = [(w.word.strip(), w.start, w.end) for segment in segments for w in (segment.words or [])]
         words = [to_absolute(text, start_s, end_s, offset_s, duration_s) for text, start_s, end_s in timed if text]
         return make_monotonic(words)

@@ -170,3 +170,34 @@ def test_a_fitted_window_longer_than_one_decode_is_transcribed_whole(fitted, spe
     words = fitted.transcribe(speech, offset_s=0.0)
     texts = normalised(words)
     assert "best" in texts[:5] and words[-1].end_s > 40.0
+
+
+# 28.16-29.75 s of the talk: a window whose greedy transcript fails whisper's checks. With faster-whisper's
+# sampling fallback, calls on this very audio gave "in short" and "In short,".
+FALLBACK_WINDOW = slice(450560, 450560 + 25440)
+
+
+def decoded_temperatures(backend: WhisperBackend, monkeypatch) -> list[float]:
+    """Records the temperature each of faster-whisper's decodes ended at."""
+    temperatures = []
+    generate = backend.model.generate_with_fallback
+
+    def recording(*args, **kwargs):
+        result = generate(*args, **kwargs)
+        temperatures.append(result[2])
+        return result
+
+    monkeypatch.setattr(backend.model, "generate_with_fallback", recording)
+    return temperatures
+
+
+def test_a_window_that_fails_whisper_s_checks_gives_the_same_words_every_time(backend, speech, monkeypatch):
+    window = speech[FALLBACK_WINDOW]
+    sampling = load_backend("whisper", WhisperOptions(compute_type="int8", temperature_fallback=True))
+    sampled_at = decoded_temperatures(sampling, monkeypatch)
+    sampling.transcribe(window, offset_s=0.0)
+    assert sampled_at and sampled_at[0] > 0  # faster-whisper's default would sample this window
+    greedy_at = decoded_temperatures(backend, monkeypatch)
+    runs = [backend.transcribe(window, offset_s=28.16) for _ in range(3)]
+    assert greedy_at == [0.0, 0.0, 0.0]
+    assert runs[0] and runs[0] == runs[1] == runs[2]  # greedy: "Ensure" here, every time
