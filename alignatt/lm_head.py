@@ -27,15 +27,22 @@ from transformers.generation.logits_process import RepetitionPenaltyLogitsProces
 logger = logging.getLogger(__name__)
 
 LM_HEAD_MODES = ("auto", "full", "screened")
+MAX_CANDIDATE_SHARE = 0.25  # above this share of the rows in fp32, the screen would cost more than it saves
 MIN_SCREENED_VOCAB = 32768  # below this the fp32 head is cheap and the screen's fixed costs dominate
 SAFETY = 2.0  # the kernel's rounding is bounded from how such kernels sum, not read from its source: doubled
 BF16_ROUNDING = 2.0 ** -8  # relative rounding of the kernel's bf16 output (2^-9), with slack
-# Settings a GenerationConfig may change from its defaults for the screen to apply: none of them adds a logits
-# processor beyond the two the screen applies itself.
-SCREENABLE_FIELDS = {"max_new_tokens", "max_length", "do_sample", "repetition_penalty", "eos_token_id",
-                     "pad_token_id", "bos_token_id", "begin_suppress_tokens", "compile_config", "disable_compile",
-                     "stop_strings", "use_cache", "cache_implementation", "return_dict_in_generate",
-                     "transformers_version", "_from_model_config", "_commit_hash", "_original_object_hash"}
+# What generate() builds a logits processor from, with the value that builds none (transformers 5.x,
+# GenerationMixin._get_logits_processor). The screen applies the repetition penalty and the first-step
+# suppression itself; any other processor, from the call's config or the model's defaults, turns it off.
+NEUTRAL = {"guidance_scale": (None, 1.0), "sequence_bias": (None,), "encoder_repetition_penalty": (None, 1.0),
+           "no_repeat_ngram_size": (None, 0), "encoder_no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,),
+           "min_length": (None, 0), "min_new_tokens": (None, 0), "forced_bos_token_id": (None,),
+           "forced_eos_token_id": (None,), "remove_invalid_values": (None, False),
+           "exponential_decay_length_penalty": (None,), "suppress_tokens": (None,), "watermarking_config": (None,),
+           "renormalize_logits": (None, False), "do_sample": (None, False), "num_beams": (None, 1),
+           "output_scores": (None, False), "output_logits": (None, False)}
+# generate() arguments the decoders pass (the attention mask is passed apart); any other may change the config.
+SCREENABLE_KWARGS = {"stopping_criteria", "past_key_values"}
 
 
 def dot_rounding(n_terms: int) -> float:
@@ -171,7 +178,8 @@ class _Session(LogitsProcessor):
         self.screen = screen
         self.penalty = float(generation.repetition_penalty or 1.0)
         suppressed = list(generation.begin_suppress_tokens or ())
-        self.suppressed = torch.tensor(suppressed, dtype=torch.long)
+        vocab_size = screen.quantised.weight.shape[0]
+        self.suppressed = torch.tensor([i for i in suppressed if 0 <= i < vocab_size], dtype=torch.long)
         self.processors = []
         if self.penalty != 1.0:
             self.processors.append(RepetitionPenaltyLogitsProcessor(self.penalty))
@@ -195,6 +203,9 @@ class _Session(LogitsProcessor):
         upper = approx + bound
         is_candidate = upper >= threshold
         rows = is_candidate.nonzero()[:, 0]
+        if len(rows) > MAX_CANDIDATE_SHARE * len(approx):  # a flat distribution: the full head is cheaper
+            self.pending = _Pending(hidden)
+            return torch.nn.functional.linear(hidden, quantised.weight)
         others_max = upper.masked_fill_(is_candidate, float("-inf")).max().item()
         values, spread = quantised.exact(row, rows)
         logits = torch.full((1, 1, approx.shape[0]), float("-inf"))
@@ -245,13 +256,16 @@ class ScreenedHead:
     def __init__(self, model, quantised: QuantisedHead):
         self.model = model
         self.quantised = quantised
+        self.weight_version = (quantised.weight.data_ptr(), quantised.weight._version)
+        self.warned_stale = False
         self.softcap_value = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
         self.counts = ScreenCounts()
 
     def head_is_hooked(self) -> bool:
         """Whether hooks change what the model's head returns (the screen would bypass them)."""
         head = self.model.lm_head
-        return bool(head._forward_hooks or head._forward_pre_hooks)
+        return bool(head._forward_hooks or head._forward_pre_hooks or hasattr(head, "_hf_hook")
+                    or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks)
 
     def softcap(self, logit: float) -> float:
         """The model's final soft cap, which it applies after the head (monotone: it keeps every bound)."""
@@ -266,24 +280,34 @@ class ScreenedHead:
             logits = torch.tanh(logits / self.softcap_value) * self.softcap_value
         return logits
 
+    def merged(self, generation: GenerationConfig) -> GenerationConfig | None:
+        """The config generate() will decode with: `generation` with the model's defaults where it says None."""
+        try:
+            return self.model._prepare_generation_config(generation)[0]
+        except Exception as err:  # a private API: if it changes, decode with the full head rather than guess
+            logger.warning("LM head: full fp32 (cannot read generate()'s merged config: %s)", err)
+            return None
+
     @staticmethod
-    def applies(generation: GenerationConfig, generate_kwargs: dict) -> bool:
+    def applies(merged: GenerationConfig) -> bool:
         """Greedy, and no logits processor but the two the screen applies itself."""
-        if generation.do_sample or (generation.num_beams or 1) != 1 or "logits_processor" in generate_kwargs:
-            return False
-        if generation.repetition_penalty is not None and generation.repetition_penalty < 1.0:
+        if merged.repetition_penalty is not None and merged.repetition_penalty < 1.0:
             return False  # a penalty below 1 raises scores: the candidates' bound would not hold
-        defaults = GenerationConfig().to_dict()
-        changed = {name for name, value in generation.to_dict().items() if defaults.get(name, None) != value}
-        return changed <= SCREENABLE_FIELDS
+        return all(getattr(merged, name, None) in neutral for name, neutral in NEUTRAL.items())
+
+    def weights_unchanged(self) -> bool:
+        """Whether the head still holds the weights the int8 copy was made from."""
+        weight = self.model.lm_head.weight
+        return (weight.data_ptr(), weight._version) == self.weight_version
 
     def session(self, generation: GenerationConfig, n_prompt_tokens: int
                 ) -> tuple[GenerationConfig, _Session]:
-        """The generation config without the processors the session applies, and the session."""
+        """The generation config without the processors the session applies (set, not None, so that the model's
+        defaults do not fill them back in), and the session."""
         session = _Session(self, generation, n_prompt_tokens)
         stripped = copy.deepcopy(generation)
         stripped.repetition_penalty = 1.0
-        stripped.begin_suppress_tokens = None
+        stripped.begin_suppress_tokens = []
         return stripped, session
 
     def install(self, session: _Session) -> "_Installed":
@@ -307,19 +331,33 @@ class _Installed:
         self.model.lm_head = self.original
 
 
+def logits_are_the_head_s(screen: ScreenedHead) -> bool:
+    """Whether the model's logits are its head's output (with the soft cap) and nothing else, on a probe: some
+    architectures scale them after the head, which the screen's bounds would not know."""
+    model, hidden = screen.model, []
+    hook = model.lm_head.register_forward_hook(lambda module, inputs, output: hidden.append(inputs[0]))
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([[1, 2, 3]]) % screen.quantised.weight.shape[0]).logits
+    finally:
+        hook.remove()
+    return len(hidden) == 1 and torch.equal(logits, screen.full_logits(hidden[0]).to(logits.dtype))
+
+
 def make_screen(model, mode: str, compiled: bool) -> ScreenedHead | None:
     """The screen for `model`, or None where the full head is used (asked for, a GPU, a compiled decode step,
-    no fp32 head, a small vocabulary under auto, a kernel that fails its check or does not pay)."""
+    no fp32 head, a small vocabulary under auto, logits changed after the head, a kernel that fails its check or
+    does not pay)."""
     if mode == "full":
         return None
     head = getattr(model, "lm_head", None)
     reason = None
     if compiled:
         reason = "the decode step is compiled"
-    elif model.device.type != "cpu":
-        reason = f"the model is on {model.device.type}"
     elif not isinstance(head, nn.Linear) or head.bias is not None or head.weight.dtype != torch.float32:
         reason = "the head is not a bias-free fp32 Linear"
+    elif head.weight.device.type != "cpu":
+        reason = f"the head is on {head.weight.device.type}"
     elif not hasattr(torch, "_weight_int8pack_mm"):
         reason = "this torch has no int8 weight-only matmul"
     if reason is None and mode == "auto" and head.weight.shape[0] < MIN_SCREENED_VOCAB:
@@ -331,6 +369,11 @@ def make_screen(model, mode: str, compiled: bool) -> ScreenedHead | None:
         return None
     started = time.perf_counter()
     quantised = QuantisedHead.of(head.weight)
+    if not logits_are_the_head_s(ScreenedHead(model, quantised)):
+        if mode == "screened":
+            raise ValueError("--mt-lm-head screened: this model changes its logits after the head")
+        logger.info("LM head: full fp32 (the model changes its logits after the head)")
+        return None
     if not self_check(quantised):
         if mode == "screened":
             raise ValueError("--mt-lm-head screened: the int8 kernel exceeds its error bound on this CPU")
@@ -347,9 +390,17 @@ def screened_generate_args(screen: ScreenedHead | None, generation: GenerationCo
                            n_prompt_tokens: int) -> tuple[GenerationConfig, dict, "_Installed | None"]:
     """generate()'s config and kwargs with the screen's session, and the head swap to run it under (None: the
     full head, unchanged arguments)."""
-    if screen is None or not ScreenedHead.applies(generation, generate_kwargs) or screen.head_is_hooked():
+    if screen is None or set(generate_kwargs) - SCREENABLE_KWARGS or screen.head_is_hooked():
         return generation, generate_kwargs, None
-    stripped, session = screen.session(generation, n_prompt_tokens)
+    if not screen.weights_unchanged():
+        if not screen.warned_stale:
+            logger.warning("LM head: full fp32 (the head's weights changed since its int8 copy was made)")
+            screen.warned_stale = True
+        return generation, generate_kwargs, None
+    merged = screen.merged(generation)
+    if merged is None or not ScreenedHead.applies(merged):
+        return generation, generate_kwargs, None
+    stripped, session = screen.session(merged, n_prompt_tokens)
     kwargs = {**generate_kwargs, "logits_processor": LogitsProcessorList([session])}
     return stripped, kwargs, screen.install(session)
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from eval import bench_chunk, bench_decode
+from eval import bench_chunk, bench_decode, bench_lm_head
 
 
 @pytest.fixture(autouse=True)
@@ -77,3 +77,10 @@ def test_full_size_configs_match_the_real_checkpoints():
     assert round(count(asr) / 1e9, 1) == 2.0 and round(count(aligner) / 1e9, 1) == 0.9
     assert aligner.config.num_labels == 5000 and asr.config.text_config.num_hidden_layers == 28
     assert len(default_heads(False, SimpleNamespace(config=e4b.config))) == 4  # the shipped heads fit
+
+
+def test_bench_lm_head_times_both_heads_on_the_same_tokens(tmp_path):
+    out = tmp_path / "lm_head.json"
+    result = bench_lm_head.main(["--rounds", "1", "--tokens", "4", "--out", str(out)])
+    assert result["same_tokens"] and 0 < result["screened_tokens"] <= 2 * 4
+    assert set(json.loads(out.read_text())["ms_per_token_median"]) == {"full", "screened"}

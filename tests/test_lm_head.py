@@ -2,13 +2,13 @@
 under the repetition penalty and first-step suppression, through both decoders, and on crafted near-ties."""
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
 from alignatt.capture import HeadRef
 from alignatt.decoding import DecodeConfig, EagerDecoder, Request, StaticDecoder
 from alignatt.gguf_cache import DEFAULT_CACHE_DIR, converted_checkpoint
-from alignatt.lm_head import ScreenedHead, make_screen
+from alignatt.lm_head import ScreenedHead, _Pending, make_screen, screened_generate_args
 from tiny_models import build
 
 PROMPTS = [
@@ -161,14 +161,74 @@ def test_a_hooked_head_is_not_screened():
 
 
 def test_only_greedy_generation_with_known_processors_is_screened():
+    model = build("gemma3", vocab_size=4096)
+    screen = make_screen(model, "screened", compiled=False)
     greedy_config = GenerationConfig(max_new_tokens=8, do_sample=False, repetition_penalty=1.05, eos_token_id=[1, 2],
                                      pad_token_id=0, begin_suppress_tokens=[1])
-    assert ScreenedHead.applies(greedy_config, {})
-    assert not ScreenedHead.applies(greedy_config, {"logits_processor": []})
+    assert ScreenedHead.applies(screen.merged(greedy_config))
     for changed in ({"do_sample": True}, {"num_beams": 2}, {"repetition_penalty": 0.9}, {"min_new_tokens": 2},
-                    {"no_repeat_ngram_size": 3}, {"bad_words_ids": [[5]]}, {"sequence_bias": {(5,): 1.0}}):
+                    {"no_repeat_ngram_size": 3}, {"bad_words_ids": [[5]]}, {"sequence_bias": {(5,): 1.0}},
+                    {"suppress_tokens": [5]}):
         config = GenerationConfig(**{**greedy_config.to_diff_dict(), **changed})
-        assert not ScreenedHead.applies(config, {}), changed
+        assert not ScreenedHead.applies(screen.merged(config)), changed
+    # generate() arguments beyond the decoders' own may change the config: not screened
+    assert screened_generate_args(screen, greedy_config, {"min_new_tokens": 3}, 5)[2] is None
+    assert screened_generate_args(screen, greedy_config, {"stopping_criteria": []}, 5)[2] is not None
+
+
+def test_the_model_s_own_defaults_are_honoured():
+    """generate() fills what a config leaves None from the model's generation config: a penalty of 3 there
+    applies, and a processor the screen does not know (suppress_tokens) turns the screen off."""
+    model = build("gemma3", vocab_size=4096)
+    screen = make_screen(model, "screened", compiled=False)
+    heads = [HeadRef(1, 0)]
+    generation = GenerationConfig(max_new_tokens=12, do_sample=False, eos_token_id=1, pad_token_id=0)
+    ids = torch.randint(3, 4096, (20,), generator=torch.Generator().manual_seed(3)).tolist()
+    request = Request(input_ids=ids, generation=generation)
+    plain = EagerDecoder(model, heads).generate(request).token_ids
+    model.generation_config.repetition_penalty = 3.0
+    penalised = EagerDecoder(model, heads).generate(request).token_ids
+    assert penalised != plain  # the default does change this generation
+    assert EagerDecoder(model, heads, screen).generate(request).token_ids == penalised
+    assert screen.counts.tokens == 12
+    model.generation_config.suppress_tokens = [penalised[0]]
+    full = EagerDecoder(model, heads).generate(request).token_ids
+    assert EagerDecoder(model, heads, screen).generate(request).token_ids == full
+    assert screen.counts.tokens == 12  # not screened
+
+
+def test_the_model_gets_its_head_back_when_generation_fails():
+    model = build("gemma3", vocab_size=4096)
+    screen = make_screen(model, "screened", compiled=False)
+    head = model.lm_head
+
+    class Failing(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            raise RuntimeError("a criterion failed")
+
+    generation = GenerationConfig(max_new_tokens=4, do_sample=False)
+    request = Request(input_ids=list(range(3, 20)), generation=generation,
+                      generate_kwargs={"stopping_criteria": StoppingCriteriaList([Failing()])})
+    with pytest.raises(RuntimeError, match="criterion"):
+        EagerDecoder(model, [HeadRef(1, 0)], screen).generate(request)
+    assert model.lm_head is head
+
+
+def pending_with(rows, spread, others_max):
+    return _Pending(torch.zeros(1, 1, 64), torch.tensor(rows), torch.tensor(spread), others_max)
+
+
+def test_a_winner_within_rounding_of_a_rival_or_an_unscreened_row_is_not_certain():
+    model = build("gemma3", vocab_size=4096)
+    screen = make_screen(model, "screened", compiled=False)
+    _, session = screen.session(GenerationConfig(do_sample=False), 1)
+    processed = torch.full((4096,), float("-inf"))
+    processed[[10, 20]] = torch.tensor([5.0, 4.99])
+    assert session._certain(processed, pending_with([10, 20], [0.001, 0.001], others_max=4.0))
+    assert not session._certain(processed, pending_with([10, 20], [0.006, 0.006], others_max=4.0))  # rival
+    assert not session._certain(processed, pending_with([10, 20], [0.001, 0.001], others_max=4.9995))  # unscreened
+    processed[10] = float("-inf")  # the leader suppressed: the rival leads, with a clear margin
+    assert session._certain(processed, pending_with([10, 20], [0.001, 0.001], others_max=4.0))
 
 
 def test_lm_head_modes():
