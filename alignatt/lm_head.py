@@ -17,12 +17,13 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
-from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor, SuppressTokensAtBeginLogitsProcessor
+from transformers.generation.logits_process import (RepetitionPenaltyLogitsProcessor,
+                                                    SuppressTokensAtBeginLogitsProcessor)
 
 logger = logging.getLogger(__name__)
 
@@ -403,4 +404,3 @@ def screened_generate_args(screen: ScreenedHead | None, generation: GenerationCo
     stripped, session = screen.session(merged, n_prompt_tokens)
     kwargs = {**generate_kwargs, "logits_processor": LogitsProcessorList([session])}
     return stripped, kwargs, screen.install(session)
-
