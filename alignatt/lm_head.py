@@ -191,8 +191,7 @@ class _Session(LogitsProcessor):
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         quantised = self.screen.quantised
         if hidden.shape[0] != 1 or hidden.shape[1] != 1:  # not one greedy position: nothing to screen
-            self.pending = _Pending(hidden)
-            return torch.nn.functional.linear(hidden, quantised.weight)
+            return self._unscreened(hidden)
         row = hidden[0, 0]
         approx, bound = quantised.approximate(row)
         lower = approx - bound
@@ -205,14 +204,18 @@ class _Session(LogitsProcessor):
         is_candidate = upper >= threshold
         rows = is_candidate.nonzero()[:, 0]
         if len(rows) > MAX_CANDIDATE_SHARE * len(approx):  # a flat distribution: the full head is cheaper
-            self.pending = _Pending(hidden)
-            return torch.nn.functional.linear(hidden, quantised.weight)
+            return self._unscreened(hidden)
         others_max = upper.masked_fill_(is_candidate, float("-inf")).max().item()
         values, spread = quantised.exact(row, rows)
         logits = torch.full((1, 1, approx.shape[0]), float("-inf"))
         logits[0, 0, rows] = values
         self.pending = _Pending(hidden, rows, spread, others_max)
         return logits
+
+    def _unscreened(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The model's own head output; the processor then only applies the processors."""
+        self.pending = _Pending(hidden)
+        return torch.nn.functional.linear(hidden, self.screen.quantised.weight)
 
     def _process(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         for processor in self.processors:
@@ -364,27 +367,25 @@ def make_screen(model, mode: str, compiled: bool) -> ScreenedHead | None:
     if reason is None and mode == "auto" and head.weight.shape[0] < MIN_SCREENED_VOCAB:
         reason = f"the vocabulary ({head.weight.shape[0]}) is small"
     if reason is not None:
-        if mode == "screened":
-            raise ValueError(f"--mt-lm-head screened is not possible here: {reason}")
-        logger.info("LM head: full fp32 (%s)", reason)
-        return None
+        return _declined(mode, reason)
     started = time.perf_counter()
-    quantised = QuantisedHead.of(head.weight)
-    if not logits_are_the_head_s(ScreenedHead(model, quantised)):
-        if mode == "screened":
-            raise ValueError("--mt-lm-head screened: this model changes its logits after the head")
-        logger.info("LM head: full fp32 (the model changes its logits after the head)")
-        return None
-    if not self_check(quantised):
-        if mode == "screened":
-            raise ValueError("--mt-lm-head screened: the int8 kernel exceeds its error bound on this CPU")
-        logger.warning("LM head: full fp32 (the int8 kernel exceeds its error bound on this CPU)")
-        return None
-    if mode == "auto" and not pays_off(quantised):
-        logger.info("LM head: full fp32 (the int8 screen is not faster on this CPU)")
-        return None
+    screen = ScreenedHead(model, QuantisedHead.of(head.weight))
+    if not logits_are_the_head_s(screen):
+        return _declined(mode, "the model changes its logits after the head")
+    if not self_check(screen.quantised):
+        return _declined(mode, "the int8 kernel exceeds its error bound on this CPU", level=logging.WARNING)
+    if mode == "auto" and not pays_off(screen.quantised):
+        return _declined(mode, "the int8 screen is not faster on this CPU")
     logger.info("LM head: screened (int8 copy built in %.1f s)", time.perf_counter() - started)
-    return ScreenedHead(model, quantised)
+    return screen
+
+
+def _declined(mode: str, reason: str, level: int = logging.INFO) -> None:
+    """No screen: an error where one was asked for, else the full head (logged)."""
+    if mode == "screened":
+        raise ValueError(f"--mt-lm-head screened is not possible here: {reason}")
+    logger.log(level, "LM head: full fp32 (%s)", reason)
+    return None
 
 
 def screened_generate_args(screen: ScreenedHead | None, generation: GenerationConfig, generate_kwargs: dict,
