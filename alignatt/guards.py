@@ -8,9 +8,10 @@ so one premature full stop would make every later draft continue a finished sent
   ends in sentence-final punctuation (a full stop inside the text, followed by more, is fine);
 - the final pass of a committed sentence is made to continue when the accepted text ended a sentence before the
   whole source had been heard, and it drops a continuation that repeats the end of the accepted text;
-- a degenerate loop (one group of units over and over) is written at most `loop_repeats` - 1 times: a draft's
-  text stops before the next copy, a final pass drops the copies and keeps what follows them, and a final pass
-  whose own text has repeated a group LOOP_STOP_FACTOR x `loop_repeats` times in a row ends there.
+- a degenerate loop (one group of units over and over, an aborted copy between two copies allowed) is written
+  at most `loop_repeats` - 1 times: a draft's text stops before the next copy, a final pass drops the copies and
+  keeps what follows them, and a final pass whose own text has repeated a group LOOP_STOP_FACTOR x
+  `loop_repeats` times ends there.
 All functions here are pure.
 """
 from __future__ import annotations
@@ -95,24 +96,41 @@ LOOP_GROUP_UNITS = 4  # the longest group of units a loop repeats ("-von -die -v
 LOOP_STOP_FACTOR = 2
 
 
-def _completed_loop_group(keys: list[str], repeats: int) -> int:
-    """The size of a group of 1-4 keys with a letter in it that `keys` end with `repeats` times in a row (0: none).
-    Digits alone ("000 000 000") and punctuation repeat legitimately."""
-    for group in range(1, LOOP_GROUP_UNITS + 1):
-        start = len(keys) - repeats * group
+def _copy_before(keys: list[str], end: int, group: list[str]) -> int:
+    """Where the copy of `group` that ends at `end` (or before an aborted copy there, a proper prefix of `group`
+    such as the "in" of "X in in der Y X") starts; -1 when there is none."""
+    for aborted in range(len(group)):
+        start = end - aborted - len(group)
         if start < 0:
-            return 0
-        first = keys[start:start + group]
-        if any(ch.isalpha() for key in first for ch in key) and all(
-                keys[start + k * group:start + (k + 1) * group] == first for k in range(1, repeats)):
-            return group
+            return -1
+        if keys[end - aborted:end] == group[:aborted] and keys[start:start + len(group)] == group:
+            return start
+    return -1
+
+
+def _completed_loop_units(keys: list[str], repeats: int) -> int:
+    """How many units at the end of `keys` complete a loop: the last copy of a group of 1-4 keys with a letter in it
+    that `keys` end with `repeats` times in a row, plus an aborted copy just before it (a small translator
+    stutters: "in der absoluten X in der absoluten X in in der absoluten X"); 0: no loop. Digits alone
+    ("000 000 000") and punctuation repeat legitimately."""
+    for size in range(1, min(LOOP_GROUP_UNITS, len(keys)) + 1):
+        group = keys[-size:]
+        if not any(ch.isalpha() for key in group for ch in key):
+            continue
+        start, copies = len(keys) - size, 1
+        while copies < repeats and (start := _copy_before(keys, start, group)) >= 0:
+            copies += 1
+            if copies == 2:
+                previous_copy_end = start + size
+        if copies == repeats:
+            return len(keys) - previous_copy_end
     return 0
 
 
 def ends_in_loop(text: str, char_level: bool, repeats: int) -> bool:
     """Whether `text` ends with one group of 1-4 units `repeats` times in a row (compared as `cut_loop` does)."""
     keys = [unit_key(text[start:end]) for start, end in unit_spans(text, char_level)]
-    return repeats > 0 and _completed_loop_group(keys, repeats) > 0
+    return repeats > 0 and _completed_loop_units(keys, repeats) > 0
 
 
 def _loop_units(prefix: str, spans: list[tuple[int, int]], text: str, char_level: bool, repeats: int) -> list[int]:
@@ -124,9 +142,9 @@ def _loop_units(prefix: str, spans: list[tuple[int, int]], text: str, char_level
     for i, (start, end) in enumerate(spans):
         keys.append(unit_key(text[start:end]))
         kept.append(i)
-        group = _completed_loop_group(keys, repeats)
-        if group:
-            in_text = min(group, len(kept))  # a copy may begin in the prefix, which is written already
+        units = _completed_loop_units(keys, repeats)
+        if units:
+            in_text = min(units, len(kept))  # a copy may begin in the prefix, which is written already
             looping.extend(kept[-in_text:])
             del kept[-in_text:], keys[-in_text:]
     return sorted(looping)

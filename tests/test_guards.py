@@ -58,9 +58,20 @@ def test_a_final_pass_drops_the_copies_and_keeps_what_follows():
     assert drop_loop_copies("", "哈哈哈哈哈好", True, 4) == "哈哈哈好"
 
 
+def test_a_loop_with_aborted_copies_between_its_copies_is_a_loop():
+    # The demo talk's last sentence (whisper's 30 s window, 2026-12-02): a restarted copy ("in in") hid the loop.
+    loop = " in der absoluten Ungeschimpftheit"
+    final = loop * 3 + " in" + loop * 3 + " in Weg."
+    assert drop_loop_copies(" für gute Autorität", final, False, 4) == loop * 3 + " in Weg."
+    assert cut_loop(" für gute Autorität", final, False, 4) == loop * 3
+    assert ends_in_loop(loop * 3 + " in der" + loop, False, 4)
+    assert not ends_in_loop(loop * 3 + " der" + loop, False, 4)  # "der" does not start a copy
+
+
 def test_cut_loop_leaves_ordinary_repetition_alone():
     for text in ("Nein, nein, nein.", "sehr, sehr gut", "die die Arbeit machen", "Schritt für Schritt für Schritt",
-                 " 1 000 000 000 000 Euro", " * * * * von fünf"):  # digits and punctuation repeat legitimately
+                 " 1 000 000 000 000 Euro", " * * * * von fünf",  # digits and punctuation repeat legitimately
+                 "es war das Ende, es war das Glück, es war das Leid, es war das Licht"):  # anaphora
         assert cut_loop("", text, False, 4) == text == drop_loop_copies("", text, False, 4)
     assert cut_loop("", "a a a a a", False, 0) == "a a a a a"  # off
     with pytest.raises(ValueError, match="loop_repeats"):
