@@ -403,5 +403,8 @@ def screened_generate_args(screen: ScreenedHead | None, generation: GenerationCo
     if merged is None or not ScreenedHead.applies(merged):
         return generation, generate_kwargs, None
     stripped, session = screen.session(merged, n_prompt_tokens)
+    # The model's default max_length (20) was merged in; passed back, generate() takes it for the caller's and warns
+    # on every call that max_new_tokens overrides it.
+    stripped.max_length, stripped.min_length = generation.max_length, generation.min_length
     kwargs = {**generate_kwargs, "logits_processor": LogitsProcessorList([session])}
     return stripped, kwargs, screen.install(session)

@@ -102,6 +102,20 @@ def tied_model():
     return model
 
 
+def test_a_screened_generation_leaves_the_caller_s_lengths_alone(gemma3, screen, caplog):
+    """The merged config carries the model's default max_length; handed back to generate() it read as the
+    caller's and made transformers warn on every draft."""
+    model, tokenizer = gemma3
+    generation = greedy({"repetition_penalty": 1.05}, tokenizer)
+    stripped, _, installed = screened_generate_args(screen, generation, {}, 4)
+    assert installed is not None and (stripped.max_length, stripped.min_length) == (generation.max_length,
+                                                                                    generation.min_length)
+    request = Request(input_ids=tokenizer(PROMPTS[0]).input_ids, generation=generation)
+    with caplog.at_level("WARNING"):
+        EagerDecoder(model, REAL_HEADS, screen).generate(request)
+    assert not [r for r in caplog.records if "seem to have been set" in r.getMessage()]
+
+
 def test_a_tie_is_left_to_the_full_head():
     model = tied_model()
     screen = make_screen(model, "screened", compiled=False)
