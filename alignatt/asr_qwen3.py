@@ -24,7 +24,7 @@ from transformers import GenerationConfig, StaticCache
 
 from alignatt.asr import AsrBackend, Word, check_audio, make_monotonic, to_absolute, window_duration_s
 from alignatt.audio import SAMPLE_RATE_HZ
-from alignatt.decoding import COMPILE_ERRORS, generation_with_compile, resolve_decode_mode
+from alignatt.decoding import CACHE_KWARG, COMPILE_ERRORS, generation_with_compile, resolve_decode_mode
 from alignatt.devices import DTYPES, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class Qwen3AsrBackend(AsrBackend):
         self._static_cache.reset()
         return {"generation_config": generation_with_compile(generation, True, options.compile_backend,
                                                              options.compile_mode),
-                "past_key_values": self._static_cache}
+                CACHE_KWARG: self._static_cache}
 
     def warm_up(self) -> None:
         """Compile the decode step on 2 s of quiet noise (at least two tokens, so a decode step runs)."""

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
 import torch
+import transformers
+from packaging.version import Version
 from transformers import CompileConfig, GenerationConfig, StaticCache, StoppingCriteria, StoppingCriteriaList
 from transformers.cache_utils import StaticLayer
 
@@ -35,6 +37,9 @@ DECODE_MODES = ("auto", "eager", "static", "compiled")
 # What a failed compilation raises (inductor/triton errors arrive wrapped as BackendCompilerFailed; a
 # fullgraph recompile past dynamo's limit as FailOnRecompileLimitHit).
 COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit)
+# generate()'s argument for a cache the caller owns: transformers 5.24 renamed past_key_values to cache (the old
+# name warns on every run), and 5.23 knows only the old one.
+CACHE_KWARG = "cache" if Version(transformers.__version__) >= Version("5.24.0") else "past_key_values"
 
 
 def resolve_decode_mode(mode: str, device: torch.device) -> str:
@@ -271,7 +276,7 @@ class StaticDecoder:
         with self.capture:
             reused = self.prompt_kv.rewind(request.input_ids, self.config.reuse_prompt_kv)
             tokens = _run_generate(self.model, input_ids, self._generation_config(request.generation), self.screen,
-                                   past_key_values=self.prompt_kv.cache, **kwargs)
+                                   **{CACHE_KWARG: self.prompt_kv.cache}, **kwargs)
         fed = list(request.input_ids) + tokens[:-1]  # the last generated token is never fed back
         self.prompt_kv.fed(fed)
         captured = None

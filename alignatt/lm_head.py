@@ -43,7 +43,7 @@ NEUTRAL = {"guidance_scale": (None, 1.0), "sequence_bias": (None,), "encoder_rep
            "renormalize_logits": (None, False), "do_sample": (None, False), "num_beams": (None, 1),
            "output_scores": (None, False), "output_logits": (None, False)}
 # generate() arguments the decoders pass (the attention mask is passed apart); any other may change the config.
-SCREENABLE_KWARGS = {"stopping_criteria", "past_key_values"}
+SCREENABLE_KWARGS = {"stopping_criteria", "past_key_values", "cache"}  # the cache's name since transformers 5.24
 
 
 def dot_rounding(n_terms: int) -> float:

@@ -29,7 +29,7 @@ import torch
 from transformers import GenerationConfig, Gemma4ForConditionalGeneration
 
 from alignatt.capture import capture_heads
-from alignatt.decoding import (DecodeConfig, Request, StaticDecoder, generation_with_compile,
+from alignatt.decoding import (CACHE_KWARG, DecodeConfig, Request, StaticDecoder, generation_with_compile,
                                position_indexed_cache)
 from alignatt.devices import resolve_device, resolve_dtype
 from alignatt.replay import replay
@@ -79,7 +79,7 @@ class Runner:
         kwargs = {}
         if self.cache is not None:
             self.cache.reset()
-            kwargs["past_key_values"] = self.cache
+            kwargs[CACHE_KWARG] = self.cache
         with self.capture_factory(), torch.no_grad():
             return self.model.generate(self.prompt, attention_mask=torch.ones_like(self.prompt),
                                        generation_config=generation_config(n_new, self.compiled, self.args), **kwargs)

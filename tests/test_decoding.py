@@ -3,13 +3,15 @@
 CPU runs the same dynamo graphs as CUDA (fullgraph, so any Python side effect in the capture would fail
 to trace) with the aot_eager backend; CUDA graphs themselves need a GPU (eval/bench_decode.py).
 """
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from transformers import CompileConfig, GenerationConfig, StaticCache
 
 from alignatt.capture import HeadRef, capture_heads, new_key_index
-from alignatt.decoding import DecodeConfig, EagerDecoder, Request, StaticDecoder, make_decoder
+from alignatt.decoding import CACHE_KWARG, DecodeConfig, EagerDecoder, Request, StaticDecoder, make_decoder
 from alignatt.prompt import PromptConfig
 from alignatt.replay import replay
 from alignatt.static_capture import StaticQKCapture
@@ -42,7 +44,7 @@ def generate_logits(model, ids, compile_: bool, cache_len: int = 64, new: int = 
                                   pad_token_id=0, eos_token_id=[])
     cache = StaticCache(config=model.config, max_cache_len=cache_len)
     with torch.no_grad():
-        return model.generate(ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
+        return model.generate(ids, attention_mask=torch.ones_like(ids), **{CACHE_KWARG: cache},
                               generation_config=generation).logits
 
 
@@ -141,6 +143,15 @@ def test_static_paths_draft_like_the_eager_path(gemma_model, gemma_tok, decode_c
         assert same_decision(a, b)
         assert np.abs(a.attention.source - b.attention.source).max() < 2e-5
     assert eager.finish(SOURCE, "Wir") == static.finish(SOURCE, "Wir")
+
+
+def test_the_static_path_hands_generate_its_cache_under_the_current_name(gemma_model, gemma_tok):
+    """transformers 5.24 renamed generate()'s past_key_values to cache: the old name printed a FutureWarning in
+    every demo and talk."""
+    static = translator_with(gemma_model, gemma_tok, DecodeConfig(decode="static", max_cache_tokens=256))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        static.draft(SOURCE, 5, "Wir")
 
 
 def test_prompt_kv_is_reused_while_the_prefix_holds(gemma_model, gemma_tok):
