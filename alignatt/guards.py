@@ -10,8 +10,8 @@ so one premature full stop would make every later draft continue a finished sent
   whole source had been heard, and it drops a continuation that repeats the end of the accepted text;
 - a degenerate loop (one group of units over and over, an aborted copy between two copies allowed) is written
   at most `loop_repeats` - 1 times: a draft's text stops before the next copy, a final pass drops the copies and
-  keeps what follows them, and a final pass whose own text has repeated a group LOOP_STOP_FACTOR x
-  `loop_repeats` times ends there.
+  keeps what follows them, and a final pass ends once the written text and its own hold a group
+  LOOP_STOP_FACTOR x `loop_repeats` times.
 All functions here are pure.
 """
 from __future__ import annotations
@@ -91,8 +91,8 @@ def trim_repeated_start(prefix: str, continuation: str, char_level: bool, min_un
 
 LOOP_GROUP_UNITS = 4  # the longest group of units a loop repeats ("-von -die -von -die ...")
 # A looping final pass would run to its token budget (up to 160 tokens, about 17 s on 2 CPU cores) only to have its
-# copies dropped; after this many times `loop_repeats` copies in a row it stops. Text it would have written after
-# so long a loop is given up.
+# copies dropped; once the written text and its own hold this many times `loop_repeats` copies, it stops. Text it
+# would have written after so long a loop is given up.
 LOOP_STOP_FACTOR = 2
 
 

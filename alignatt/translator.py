@@ -300,8 +300,9 @@ class Translator:
         budget = final_pass_budget(len(prompt.source_token_positions), self.config.max_final_tokens)
         criteria = ()
         if self.guards.loop_repeats:
-            criteria = (_LoopStop(lambda ids: self.continuation_text(prompt, ids), prompt.n_tokens, self.char_level,
-                                  LOOP_STOP_FACTOR * self.guards.loop_repeats),)
+            # Copies already written count, as they do when the copies are dropped below.
+            criteria = (_LoopStop(lambda ids: prompt.target_prefix + self.continuation_text(prompt, ids),
+                                  prompt.n_tokens, self.char_level, LOOP_STOP_FACTOR * self.guards.loop_repeats),)
         generated = self._generate(prompt, budget, capture=False, must_continue=must_continue, criteria=criteria)
         draft_ids, _ = self._split_end(prompt, generated.token_ids)
         text = self.continuation_text(prompt, draft_ids).rstrip()

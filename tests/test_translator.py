@@ -175,6 +175,9 @@ def test_a_looping_final_pass_stops_early_with_the_same_text(gemma_tok):
     assert stopped == translator.finish(SOURCE, "Wir") == " Haus Haus Haus"
     haus_tokens = len(gemma_tok.encode(" Haus", add_special_tokens=False))
     assert generated_tokens[0] == 8 * haus_tokens < generated_tokens[1]  # 2 x loop_repeats copies, then it stops
+    translator.decoder.generate = recording
+    assert translator.finish(SOURCE, "Wir Haus Haus Haus") == ""
+    assert generated_tokens[-1] == 5 * haus_tokens  # the copies already written count
 
 
 def test_finish_budget_grows_with_the_source(gemma_model, gemma_tok):
