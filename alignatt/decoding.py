@@ -39,7 +39,7 @@ DECODE_MODES = ("auto", "eager", "static", "compiled")
 COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit)
 # generate()'s argument for a cache the caller owns: transformers 5.24 renamed past_key_values to cache (the old
 # name warns on every run), and 5.23 knows only the old one.
-CACHE_KWARG = "cache" if Version(transformers.__version__) >= Version("5.24.0") else "past_key_values"
+CACHE_KWARG = "cache" if Version(transformers.__version__).release >= (5, 24) else "past_key_values"
 
 
 def resolve_decode_mode(mode: str, device: torch.device) -> str:

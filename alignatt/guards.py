@@ -39,8 +39,8 @@ class GuardOptions:
         "help": "the final pass drops a continuation that starts by repeating at least this many of the last "
                 "written units (0: off)"})
     loop_repeats: int = field(default=4, metadata={
-        "help": "written text stops before a group of 1-4 units would occur this many times in a row, the "
-                "degenerate loop of a small translator (0: off)"})
+        "help": "written text stops before a group of 1-4 units would occur this many times in a row (one "
+                "aborted copy between two copies allowed), the degenerate loop of a small translator (0: off)"})
 
     def __post_init__(self):
         if self.min_repeat_units < 0:
@@ -128,7 +128,8 @@ def _completed_loop_units(keys: list[str], repeats: int) -> int:
 
 
 def ends_in_loop(text: str, char_level: bool, repeats: int) -> bool:
-    """Whether `text` ends with one group of 1-4 units `repeats` times in a row (compared as `cut_loop` does)."""
+    """Whether `text` ends with one group of 1-4 units `repeats` times in a row, an aborted copy between two copies
+    allowed (compared as `cut_loop` does)."""
     keys = [unit_key(text[start:end]) for start, end in unit_spans(text, char_level)]
     return repeats > 0 and _completed_loop_units(keys, repeats) > 0
 
