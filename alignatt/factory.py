@@ -142,7 +142,7 @@ def _translator(args, guards: GuardOptions, models: ModelPool) -> tuple[Translat
     decode_config = dataclass_from_args(DecodeConfig, args, prefix="mt-")
     heads_file = load_heads(args, config, prompt_config)  # fail fast, before loading models
     model, tokenizer = models.get(("translator", *config.backbone_key()), lambda: load_model_and_tokenizer(config))
-    heads_file.check_fits(model.config, config.model_id)
+    heads_file.check_fits(model.config, config.model_id, config.gguf_file)
     heads = heads_file.selected()
     decoder_key = ("decoder", *config.backbone_key(), heads, decode_config)
     new_decoder = decoder_key not in models

@@ -129,8 +129,13 @@ class HeadsFile:
             raise HeadsFileError(f"{path}: not valid JSON ({err})") from err
         return cls.from_dict(data)
 
-    def check_fits(self, model_config, model_id: str | None = None) -> None:
-        """Raise HeadsFileError unless every head exists in a model with this config."""
+    def calibrated_gguf_file(self) -> str | None:
+        """The GGUF file the heads were calibrated on, as calibration.select_heads records it (None: not a GGUF)."""
+        return (self.calibration.get("model_loading") or {}).get("gguf_file")
+
+    def check_fits(self, model_config, model_id: str | None = None, gguf_file: str | None = None) -> None:
+        """Raise HeadsFileError unless every head exists in a model with this config; warn when the model is not
+        the one the heads were calibrated on (a GGUF file of the calibrated name is, wherever its folder lies)."""
         text = model_config.get_text_config()
         layers, n_heads = int(text.num_hidden_layers), int(text.num_attention_heads)
         if (layers, n_heads) != (self.num_hidden_layers, self.num_attention_heads):
@@ -140,7 +145,8 @@ class HeadsFile:
         bad = [h for h in self.heads if not (0 <= h.layer < layers and 0 <= h.head < n_heads)]
         if bad:
             raise HeadsFileError(f"heads outside the model: {bad}")
-        if model_id is not None and model_id != self.model_id:
+        same_gguf = gguf_file is not None and gguf_file == self.calibrated_gguf_file()
+        if model_id is not None and model_id != self.model_id and not same_gguf:
             logger.warning("heads calibrated on %s are used with %s", self.model_id, model_id)
 
 

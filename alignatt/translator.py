@@ -146,7 +146,7 @@ class Translator:
                         decode_config: DecodeConfig = DecodeConfig(), guards: GuardOptions = GuardOptions()
                         ) -> "Translator":
         model, tokenizer = load_model_and_tokenizer(config)
-        heads_file.check_fits(model.config, config.model_id)
+        heads_file.check_fits(model.config, config.model_id, config.gguf_file)
         return cls(model, tokenizer, heads_file.selected(), prompt_config, config, policy_config, few_shot,
                    decode_config, guards, heads_file.query_row)
 

@@ -68,6 +68,22 @@ def test_fits_the_model_it_was_made_for():
     tiny_heads().check_fits(build_gemma4_conditional().config)  # nested text config
 
 
+def test_warns_only_when_the_heads_were_calibrated_on_other_weights(caplog):
+    """The offline demo's heads were calibrated on the GGUF Q4_K_M file of gemma-3-270m and name the model by its
+    hub id; the file is loaded from a folder whose path differs from machine to machine."""
+    heads = tiny_heads(calibration={"model_loading": {"gguf_file": "tiny-q4_k_m.gguf"}})
+    config = build("gemma4").config
+    with caplog.at_level(logging.WARNING, logger="alignatt.heads"):
+        heads.check_fits(config, "/home/me/.cache/tiny_gguf", "tiny-q4_k_m.gguf")
+        heads.check_fits(config, "tiny/gemma4")
+        assert not caplog.records
+        heads.check_fits(config, "/home/me/.cache/tiny_gguf", "tiny-q8_0.gguf")
+        heads.check_fits(config, "other/model")
+    assert [r.getMessage() for r in caplog.records] == [
+        "heads calibrated on tiny/gemma4 are used with /home/me/.cache/tiny_gguf",
+        "heads calibrated on tiny/gemma4 are used with other/model"]
+
+
 @pytest.mark.parametrize("overrides, message", [
     (dict(num_hidden_layers=42, num_attention_heads=8), "42 layers x 8 heads"),
     (dict(heads=(HeadScore(6, 0),), top_k=1), "outside the model"),
