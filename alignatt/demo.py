@@ -175,14 +175,15 @@ def play(cascade: Cascade, samples: np.ndarray, rate: int, speed: float,
          char_level: bool) -> tuple[Emission, float]:
     """Play the talk at `speed` × real time; print one line per step. Returns what was written and the total
     compute time (s)."""
-    emission, compute_s, transcript, heard_s = Emission(), 0.0, "", 0.0
+    emission, compute_s, transcript = Emission(), 0.0, ""
     bar_format = "{l_bar}{bar}| {n:.1f}/{total:.1f} s of audio [{elapsed}<{remaining}]"
     with tqdm(total=round(len(samples) / rate, 2), bar_format=bar_format) as progress:
         for fed in feed(cascade, samples, rate, speed):
             compute_s += fed.compute_s
             emission.add(fed.units, fed.heard_s * 1000.0, fed.compute_s * 1000.0)
-            progress.update(round(fed.heard_s - heard_s, 2))
-            heard_s = fed.heard_s
+            # Set, not added up: rounded increments overshot the total at the end of a talk (tqdm then warns).
+            progress.n = min(progress.total, round(fed.heard_s, 2))
+            progress.refresh()
             if fed.report is None:
                 if fed.units:  # the end of the stream: the final passes
                     progress.write(f"    final │ {tail(join_units(emission.units, char_level))}")
