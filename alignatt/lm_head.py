@@ -304,15 +304,9 @@ class ScreenedHead:
         weight = self.model.lm_head.weight
         return (weight.data_ptr(), weight._version) == self.weight_version
 
-    def session(self, generation: GenerationConfig, n_prompt_tokens: int
-                ) -> tuple[GenerationConfig, _Session]:
-        """The generation config without the processors the session applies (set, not None, so that the model's
-        defaults do not fill them back in), and the session."""
-        session = _Session(self, generation, n_prompt_tokens)
-        stripped = copy.deepcopy(generation)
-        stripped.repetition_penalty = 1.0
-        stripped.begin_suppress_tokens = []
-        return stripped, session
+    def session(self, merged: GenerationConfig, n_prompt_tokens: int) -> _Session:
+        """The session of one generate() call that decodes with `merged` (generate()'s merged config)."""
+        return _Session(self, merged, n_prompt_tokens)
 
     def install(self, session: _Session) -> "_Installed":
         return _Installed(self.model, _ScreenedHeadModule(session))
@@ -402,9 +396,12 @@ def screened_generate_args(screen: ScreenedHead | None, generation: GenerationCo
     merged = screen.merged(generation)
     if merged is None or not ScreenedHead.applies(merged):
         return generation, generate_kwargs, None
-    stripped, session = screen.session(merged, n_prompt_tokens)
-    # The model's default max_length (20) was merged in; passed back, generate() takes it for the caller's and warns
-    # on every call that max_new_tokens overrides it.
-    stripped.max_length, stripped.min_length = generation.max_length, generation.min_length
+    session = screen.session(merged, n_prompt_tokens)
+    # The caller's config, not the merged one: generate() merges the model's defaults into it as it would have, and
+    # a merged max_length (the model's 20) handed back would read as the caller's and warn on every call. The two
+    # processors the session applies are set, not None, so that the model's defaults do not fill them back in.
+    stripped = copy.deepcopy(generation)
+    stripped.repetition_penalty = 1.0
+    stripped.begin_suppress_tokens = []
     kwargs = {**generate_kwargs, "logits_processor": LogitsProcessorList([session])}
     return stripped, kwargs, screen.install(session)

@@ -60,7 +60,7 @@ def test_the_int8_logits_stay_within_their_unsafetied_bound_on_real_hidden_state
 
 def test_a_real_token_computes_few_rows_in_fp32(gemma3, screen):
     model, tokenizer = gemma3
-    _, session = screen.session(greedy({"repetition_penalty": 1.05}, tokenizer), 1)
+    session = screen.session(greedy({"repetition_penalty": 1.05}, tokenizer), 1)
     counts = []
     for row in head_inputs(model, tokenizer, PROMPTS[1] + " Wir schlagen eine neue Methode vor."):
         session.head(row[None, None])
@@ -119,7 +119,7 @@ def test_a_screened_generation_leaves_the_caller_s_lengths_alone(gemma3, screen,
 def test_a_tie_is_left_to_the_full_head():
     model = tied_model()
     screen = make_screen(model, "screened", compiled=False)
-    _, session = screen.session(GenerationConfig(do_sample=False, max_new_tokens=1), 1)
+    session = screen.session(GenerationConfig(do_sample=False, max_new_tokens=1), 1)
     hidden = (model.lm_head.weight[3] * 50)[None, None]  # rows 3 and 7 lead, tied
     logits = session.head(hidden)
     scores = session(torch.tensor([[5]]), logits[:, -1])
@@ -140,7 +140,7 @@ def test_a_penalised_leader_loses_as_under_the_full_head():
         full = torch.nn.functional.linear(hidden, model.lm_head.weight)[:, -1]
         leaders = full.topk(3).indices  # the three leaders have been seen: the penalty reorders them
         input_ids = leaders[:, :2]
-        _, session = screen.session(GenerationConfig(do_sample=False, repetition_penalty=1.3), 1)
+        session = screen.session(GenerationConfig(do_sample=False, repetition_penalty=1.3), 1)
         scores = session(input_ids, session.head(hidden)[:, -1])
         expected = processor(input_ids, full.clone())
         assert int(scores.argmax()) == int(expected.argmax())
@@ -235,7 +235,7 @@ def pending_with(rows, spread, others_max):
 def test_a_winner_within_rounding_of_a_rival_or_an_unscreened_row_is_not_certain():
     model = build("gemma3", vocab_size=4096)
     screen = make_screen(model, "screened", compiled=False)
-    _, session = screen.session(GenerationConfig(do_sample=False), 1)
+    session = screen.session(GenerationConfig(do_sample=False), 1)
     processed = torch.full((4096,), float("-inf"))
     processed[[10, 20]] = torch.tensor([5.0, 4.99])
     assert session._certain(processed, pending_with([10, 20], [0.001, 0.001], others_max=4.0))
