@@ -40,16 +40,16 @@ TAIL_CHARS = 110  # the translation line shows its last characters, so one step 
 
 @dataclass
 class Emission:
-    """Target units written so far, each with its computation-unaware and -aware emission time (ms)."""
+    """Target units written so far, each with its computation-unaware and -aware emission time (ms of audio)."""
 
     units: list[str] = field(default_factory=list)
     cu_ms: list[float] = field(default_factory=list)
     ca_ms: list[float] = field(default_factory=list)
 
-    def add(self, units: list[str], heard_ms: float, compute_ms: float) -> None:
+    def add(self, units: list[str], heard_ms: float, ca_ms: float) -> None:
         self.units += units
         self.cu_ms += [heard_ms] * len(units)
-        self.ca_ms += [heard_ms + compute_ms] * len(units)
+        self.ca_ms += [ca_ms] * len(units)
 
 
 def weights_cached(model_id: str) -> bool:
@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "OmniSTEval (default: the shipped one for the default talk)")
     demo.add_argument("--speed", type=float, default=1.0,
                       help="playback speed against real time; 0 plays as fast as the models run (default: 1)")
+    demo.add_argument("--catch-up", action=argparse.BooleanOptionalAction, default=True,
+                      help="live playback (--speed above 0): a step takes all the audio that arrived while the last "
+                           "one computed, so the demo keeps pace with the speaker on a slow machine; with "
+                           "--no-catch-up every step takes one chunk, and the demo falls further behind at each "
+                           "slow step (default: on)")
     demo.add_argument("--models", choices=("auto", "full", "offline"), default="auto",
                       help="full: Gemma-4-E4B-it + Qwen3-ASR; offline: faster-whisper base + Gemma-3-270M; "
                            "auto (the default): full where those weights are cached")
@@ -122,7 +127,8 @@ def read_talk(path: str) -> tuple[np.ndarray, int]:
     return samples, rate
 
 
-def step_line(report: StepReport, compute_s: float, lag_s: float) -> str:
+def step_line(fed: Fed, step_s: float, speed: float) -> str:
+    report = fed.report
     frontier = f"frontier {report.n_accessible_units}/{report.n_source_units} (stable {report.n_stable_units})"
     if report.draft_skipped:
         draft = "draft reused"
@@ -132,8 +138,11 @@ def step_line(report: StepReport, compute_s: float, lag_s: float) -> str:
         draft = "no draft"
     stop = f" | gate stopped {report.stop}" if report.stop else ""
     stop += f" | quota {report.quota} units" if report.quota is not None else ""
+    # A live step that caught up carries more than one chunk of audio.
+    caught_up = f" | took {fed.pushed_s:.2f} s of audio" if fed.pushed_s > 1.5 * step_s else ""
+    lag_s = fed.lag_s(speed)
     behind = f" | {lag_s:.1f} s behind" if lag_s > 0.05 else ""
-    return f"[{report.heard_s:6.2f} s] {frontier} | {draft}{stop} | compute {compute_s:.2f} s{behind}"
+    return f"[{report.heard_s:6.2f} s] {frontier} | {draft}{stop} | compute {fed.compute_s:.2f} s{caught_up}{behind}"
 
 
 def tail(text: str) -> str:
@@ -142,45 +151,76 @@ def tail(text: str) -> str:
 
 @dataclass(frozen=True)
 class Fed:
-    """One chunk pushed into the cascade (or, last, the end of the stream)."""
+    """One push into the cascade (or, last, the end of the stream)."""
 
     heard_s: float  # audio pushed so far
+    pushed_s: float  # audio this push carried
     units: list[str]  # target units the push wrote
     compute_s: float  # time the push took
     wall_s: float  # time since playback started, when the push returned
     report: StepReport | None  # the step the push ran; None when it only gathered audio, and for the end
 
+    def emitted_ms(self, speed: float) -> float:
+        """When the push's units appeared, on the audio's clock (their computation-aware time): live, the moment
+        they were written; as fast as the models run (speed 0), the audio heard plus the step's own compute."""
+        return 1000.0 * (self.wall_s * speed if speed > 0 else self.heard_s + self.compute_s)
 
-def feed(cascade: Cascade, samples: np.ndarray, rate: int, speed: float = 0.0) -> Iterator[Fed]:
-    """Push the talk chunk by chunk (one step's worth each) at `speed` × real time, 0 meaning as fast as the models
-    run, then finish it."""
+    def lag_s(self, speed: float) -> float:
+        """How far the written text trails the speaker when the push returns (audio seconds; 0 at speed 0)."""
+        return max(0.0, self.wall_s * speed - self.heard_s) if speed > 0 else 0.0
+
+
+def feed(cascade: Cascade, samples: np.ndarray, rate: int, speed: float = 0.0,
+         catch_up: bool = True) -> Iterator[Fed]:
+    """Push the talk into the cascade at `speed` x real time, then finish it.
+
+    At speed 0 (as fast as the models run) each push carries one step's worth of audio. Live (speed > 0), a push
+    waits until a step's worth has arrived; with `catch_up` it then takes every whole step's worth that has
+    arrived, so a step that computed longer than its audio lasted is followed by a longer step rather than by a
+    growing backlog, as a live system must do. Without it, each push carries one step's worth and the lag adds
+    up."""
     chunk = max(1, int(round(rate * cascade.options.step_ms / 1000.0)))
     start = time.perf_counter()
-    for offset in range(0, len(samples), chunk):
-        piece = samples[offset:offset + chunk]
-        heard_s = (offset + len(piece)) / rate
+    offset = 0
+    while offset < len(samples):
+        end = min(len(samples), offset + chunk)
         if speed > 0:  # wait for the audio to "arrive"
-            time.sleep(max(0.0, heard_s / speed - (time.perf_counter() - start)))
+            time.sleep(max(0.0, end / rate / speed - (time.perf_counter() - start)))
+            if catch_up:  # whole steps only: a live run that keeps pace steps as one at speed 0 does
+                arrived = int((time.perf_counter() - start) * speed * rate)
+                end = max(end, min(len(samples), offset + (arrived - offset) // chunk * chunk))
         began = time.perf_counter()
-        units = cascade.push(piece, rate)
+        units = cascade.push(samples[offset:end], rate)
         done = time.perf_counter()
-        yield Fed(heard_s, units, done - began, done - start, cascade.last_step)
+        yield Fed(end / rate, (end - offset) / rate, units, done - began, done - start, cascade.last_step)
+        offset = end
     began = time.perf_counter()
     units = cascade.finish()
     done = time.perf_counter()
-    yield Fed(len(samples) / rate, units, done - began, done - start, None)
+    yield Fed(len(samples) / rate, 0.0, units, done - began, done - start, None)
 
 
-def play(cascade: Cascade, samples: np.ndarray, rate: int, speed: float,
-         char_level: bool) -> tuple[Emission, float]:
-    """Play the talk at `speed` × real time; print one line per step. Returns what was written and the total
-    compute time (s)."""
-    emission, compute_s, transcript = Emission(), 0.0, ""
+@dataclass
+class Playback:
+    """What playing a talk gave: the text written, the compute spent and how far it trailed the speaker."""
+
+    emission: Emission = field(default_factory=Emission)
+    compute_s: float = 0.0
+    steps: int = 0
+    max_lag_s: float = 0.0  # audio seconds (0 at speed 0)
+
+
+def play(cascade: Cascade, samples: np.ndarray, rate: int, speed: float, char_level: bool,
+         catch_up: bool = True) -> Playback:
+    """Play the talk at `speed` × real time (see `feed`); print one line per step."""
+    playback, transcript = Playback(), ""
+    emission = playback.emission
     bar_format = "{l_bar}{bar}| {n:.1f}/{total:.1f} s of audio [{elapsed}<{remaining}]"
     with tqdm(total=round(len(samples) / rate, 2), bar_format=bar_format) as progress:
-        for fed in feed(cascade, samples, rate, speed):
-            compute_s += fed.compute_s
-            emission.add(fed.units, fed.heard_s * 1000.0, fed.compute_s * 1000.0)
+        for fed in feed(cascade, samples, rate, speed, catch_up):
+            playback.compute_s += fed.compute_s
+            playback.max_lag_s = max(playback.max_lag_s, fed.lag_s(speed))
+            emission.add(fed.units, fed.heard_s * 1000.0, fed.emitted_ms(speed))
             # Set, not added up: rounded increments overshot the total at the end of a talk (tqdm then warns).
             progress.n = min(progress.total, round(fed.heard_s, 2))
             progress.refresh()
@@ -188,15 +228,15 @@ def play(cascade: Cascade, samples: np.ndarray, rate: int, speed: float,
                 if fed.units:  # the end of the stream: the final passes
                     progress.write(f"    final │ {tail(join_units(emission.units, char_level))}")
                 continue
-            lag_s = fed.wall_s - fed.heard_s / speed if speed > 0 else 0.0
-            progress.write(step_line(fed.report, fed.compute_s, lag_s))
+            playback.steps += 1
+            progress.write(step_line(fed, cascade.options.step_ms / 1000.0, speed))
             heard = fed.report.transcript + (f" ‖ held: {fed.report.held}" if fed.report.held else "")
             if heard != transcript:
                 transcript = heard
                 progress.write(f"    heard │ {tail(transcript)}")
             if fed.units:
                 progress.write(f"  written │ {tail(join_units(emission.units, char_level))}")
-    return emission, compute_s
+    return playback
 
 
 def score(wav: str, duration_s: float, reference: str, emission: Emission, lang: str, out: Path) -> dict:
@@ -212,14 +252,20 @@ def score(wav: str, duration_s: float, reference: str, emission: Emission, lang:
                           out / "omnisteval")
 
 
-def summary(args: argparse.Namespace, emission: Emission, duration_s: float, compute_s: float) -> list[str]:
-    char_level = is_char_level(args.target_lang)
+def summary(args: argparse.Namespace, playback: Playback, duration_s: float) -> list[str]:
+    char_level, emission = is_char_level(args.target_lang), playback.emission
     lines = ["", "translation:", join_units(emission.units, char_level) or "(nothing)", "",
-             f"{len(emission.units)} {'characters' if char_level else 'words'} from {duration_s:.1f} s of audio; "
-             f"compute {compute_s:.1f} s, RTF {compute_s / duration_s:.2f}"]
+             f"{len(emission.units)} {'characters' if char_level else 'words'} from {duration_s:.1f} s of audio "
+             f"in {playback.steps} steps; compute {playback.compute_s:.1f} s, RTF {playback.compute_s / duration_s:.2f}"]
+    live = args.speed > 0
+    if live:
+        keeping = "catching up" if args.catch_up else "one chunk per step"
+        lines.append(f"live at {args.speed:g}x ({keeping}): at most {playback.max_lag_s:.1f} s of audio behind the "
+                     f"speaker")
     if emission.units:
+        when = "when it appeared" if live else "counting its step's compute"
         lines.append(f"first unit written at {emission.cu_ms[0] / 1000:.2f} s of audio "
-                     f"({emission.ca_ms[0] / 1000:.2f} s counting its step's compute)")
+                     f"({emission.ca_ms[0] / 1000:.2f} s {when})")
     if not args.reference:
         lines.append("no reference: pass --reference FILE for BLEU, chrF and LongYAAL (OmniSTEval)")
         return lines
@@ -242,8 +288,8 @@ def main(argv: list[str] | None = None) -> None:
     cascade = build_cascade(args)
     print(f"loaded and warmed up in {time.perf_counter() - began:.1f} s; {cascade.options.step_ms:g} ms steps, "
           f"policy {args.policy}, gate {args.gate}")
-    emission, compute_s = play(cascade, samples, rate, args.speed, is_char_level(args.target_lang))
-    print("\n".join(summary(args, emission, duration_s, compute_s)))
+    playback = play(cascade, samples, rate, args.speed, is_char_level(args.target_lang), args.catch_up)
+    print("\n".join(summary(args, playback, duration_s)))
 
 
 if __name__ == "__main__":
