@@ -11,8 +11,7 @@ so one premature full stop would make every later draft continue a finished sent
 - a degenerate loop (one group of units over and over, an aborted copy between two copies allowed) is written
   at most `loop_repeats` - 1 times: a draft's text stops before the next copy, a final pass drops the copies and
   keeps what follows them, and a final pass ends once the written text and its own hold a group
-  LOOP_STOP_FACTOR x `loop_repeats` times. Once a loop is capped (`capped_loop_group`), the translator keeps
-  generation from starting another copy, so the rest of the sentence is still translated.
+  LOOP_STOP_FACTOR x `loop_repeats` times.
 All functions here are pure.
 """
 from __future__ import annotations
@@ -177,21 +176,6 @@ def drop_loop_copies(prefix: str, text: str, char_level: bool, repeats: int) -> 
         return text
     # Each kept unit comes with the whitespace before it in `text`.
     return "".join(text[spans[i - 1][1] if i else 0:end] for i, (_, end) in enumerate(spans) if i not in looping)
-
-
-def capped_loop_group(text: str, char_level: bool, repeats: int) -> str | None:
-    """The group of 1-4 units that `text` ends with when the first unit of one more copy of it would be cut as a
-    loop (`cut_loop`): generation may as well not start that copy. Its text is the last copy's; None when there is
-    no such group ("Haus Haus Haus" with 4 repeats: "Haus"; "und Haus Haus": None, a third copy is still written)."""
-    if repeats <= 0:
-        return None
-    spans = unit_spans(text, char_level)
-    separator = "" if char_level else " "
-    for size in range(1, min(LOOP_GROUP_UNITS, len(spans)) + 1):
-        group = text[spans[-size][0]:spans[-1][1]]
-        if any(ch.isalpha() for ch in group) and cut_loop(text, separator + group, char_level, repeats) == "":
-            return group
-    return None
 
 
 def final_pass_budget(n_source_tokens: int, max_tokens: int) -> int:

@@ -12,15 +12,15 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor, LogitsProcessorList,
-                          StoppingCriteria, StoppingCriteriaList, StopStringCriteria)
+from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, StoppingCriteria,
+                          StoppingCriteriaList, StopStringCriteria)
 
 from alignatt.capture import HeadRef
 from alignatt.decoding import DecodeConfig, Decoder, Request, StopWhen, make_decoder
 from alignatt.devices import resolve_device, resolve_dtype
 from alignatt.gguf_cache import DEFAULT_CACHE_DIR, converted_checkpoint
-from alignatt.guards import (LOOP_STOP_FACTOR, GuardOptions, capped_loop_group, cut_loop, drop_loop_copies,
-                             ends_in_loop, final_pass_budget, hold_sentence_end, trim_repeated_start)
+from alignatt.guards import (LOOP_STOP_FACTOR, GuardOptions, cut_loop, drop_loop_copies, ends_in_loop,
+                             final_pass_budget, hold_sentence_end, trim_repeated_start)
 from alignatt.heads import HeadsFile, check_query_row, query_row_position
 from alignatt.policy import GateDecision, PolicyConfig, complete_units_text, gate_draft
 from alignatt.prompt import PromptBuilder, PromptConfig, RenderedPrompt
@@ -113,27 +113,6 @@ class _LoopStop(StoppingCriteria):
         return torch.full((input_ids.shape[0],), looping, dtype=torch.bool, device=input_ids.device)
 
 
-class _LoopBan(LogitsProcessor):
-    """Bans the first token of another copy of a loop the guards have capped (see guards.capped_loop_group): that
-    copy would be cut or dropped anyway, and a small translator barred from it goes on with the rest of the
-    sentence ("im absoluten absoluten absoluten" then "Vergleich bestanden haben." instead of nothing)."""
-
-    def __init__(self, text_of: Callable[[list[int]], str], first_token_of: Callable[[str], int],
-                 n_prompt_tokens: int, char_level: bool, repeats: int):
-        self.text_of = text_of
-        self.first_token_of = first_token_of
-        self.n_prompt_tokens = n_prompt_tokens
-        self.char_level = char_level
-        self.repeats = repeats
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        group = capped_loop_group(self.text_of(input_ids[0, self.n_prompt_tokens:].tolist()), self.char_level,
-                                  self.repeats)
-        if group is not None:
-            scores[:, self.first_token_of(group)] = float("-inf")
-        return scores
-
-
 class Translator:
     """Drafts translations of a growing source prefix and keeps the part the heads say is safe."""
 
@@ -206,13 +185,10 @@ class Translator:
         self.decoder.warm_up(filler.input_ids, self._generation_config(self.config.max_draft_tokens))
 
     def _generate(self, prompt: RenderedPrompt, max_new_tokens: int, capture: bool, must_continue: bool = False,
-                  stop_when: StopWhen | None = None, criteria: Sequence[StoppingCriteria] = (),
-                  processors: Sequence[LogitsProcessor] = ()):
+                  stop_when: StopWhen | None = None, criteria: Sequence[StoppingCriteria] = ()):
         generation = self._generation_config(max_new_tokens, must_continue)
         criteria = [*(self._line_end or ()), *criteria]  # base models: one line per translation
         kwargs = {"stopping_criteria": StoppingCriteriaList(criteria)} if criteria else {}
-        if processors:
-            kwargs["logits_processor"] = LogitsProcessorList(processors)
         return self.decoder.generate(Request(
             input_ids=prompt.input_ids, generation=generation,
             capture_from=prompt.n_tokens - 1 if capture else None, generate_kwargs=kwargs, stop_when=stop_when))
@@ -250,9 +226,7 @@ class Translator:
             return DraftResult(prompt, (), False, False, None, GateDecision(0, ()), "")
         budget = self.config.draft_budget(len(prompt.source_token_positions))
         stop_when = self._early_stop(prompt, n_accessible_units, until_rejected, max_units)
-        # Only where the written text ends in a capped loop: a processor turns the screened LM head off.
-        bans = self._loop_bans(prompt) if self._capped(prompt.target_prefix) else ()
-        generated = self._generate(prompt, budget, capture=True, stop_when=stop_when, processors=bans)
+        generated = self._generate(prompt, budget, capture=True, stop_when=stop_when)
         draft_ids, ended = self._split_end(prompt, generated.token_ids)
         attention, gate = self._judge(prompt, generated.captured, len(draft_ids), n_accessible_units)
         may_end = ended and not self.guards.hold_draft_end
@@ -324,40 +298,13 @@ class Translator:
         if prompt.n_units == 0:
             return ""
         budget = final_pass_budget(len(prompt.source_token_positions), self.config.max_final_tokens)
-        capped = self._capped(prompt.target_prefix)
-        text, looped = self._final_pass(prompt, budget, must_continue, ban_loops=capped)
-        if looped and not capped:
-            # The model looped and its copies were dropped, with whatever it would have written after them: once
-            # more, barred from starting the copies (the screened pass first, as loops are rare).
-            text, _ = self._final_pass(prompt, budget, must_continue, ban_loops=True)
-        return text
-
-    def _final_pass(self, prompt: RenderedPrompt, budget: int, must_continue: bool, ban_loops: bool
-                    ) -> tuple[str, bool]:
-        """The final pass's new text, and whether loop copies were dropped from it."""
-        criteria, bans = (), ()
+        criteria = ()
         if self.guards.loop_repeats:
             # Copies already written count, as they do when the copies are dropped below.
-            criteria = (_LoopStop(self._written_text_of(prompt), prompt.n_tokens, self.char_level,
-                                  LOOP_STOP_FACTOR * self.guards.loop_repeats),)
-            bans = self._loop_bans(prompt) if ban_loops else ()
-        generated = self._generate(prompt, budget, capture=False, must_continue=must_continue, criteria=criteria,
-                                   processors=bans)
+            criteria = (_LoopStop(lambda ids: prompt.target_prefix + self.continuation_text(prompt, ids),
+                                  prompt.n_tokens, self.char_level, LOOP_STOP_FACTOR * self.guards.loop_repeats),)
+        generated = self._generate(prompt, budget, capture=False, must_continue=must_continue, criteria=criteria)
         draft_ids, _ = self._split_end(prompt, generated.token_ids)
         text = self.continuation_text(prompt, draft_ids).rstrip()
         text = trim_repeated_start(prompt.target_prefix, text, self.char_level, self.guards.min_repeat_units)
-        kept = drop_loop_copies(prompt.target_prefix, text, self.char_level, self.guards.loop_repeats)
-        return kept, kept != text
-
-    def _capped(self, text: str) -> bool:
-        return capped_loop_group(text, self.char_level, self.guards.loop_repeats) is not None
-
-    def _written_text_of(self, prompt: RenderedPrompt) -> Callable[[list[int]], str]:
-        """The sentence's text as written so far plus generated token ids: what the loop guards count in."""
-        return lambda ids: prompt.target_prefix + self.continuation_text(prompt, ids)
-
-    def _loop_bans(self, prompt: RenderedPrompt) -> tuple[_LoopBan, ...]:
-        separator = "" if self.char_level else " "
-        return (_LoopBan(self._written_text_of(prompt),
-                         lambda group: self.tokenizer.encode(separator + group, add_special_tokens=False)[0],
-                         prompt.n_tokens, self.char_level, self.guards.loop_repeats),)
+        return drop_loop_copies(prompt.target_prefix, text, self.char_level, self.guards.loop_repeats)

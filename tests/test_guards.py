@@ -1,8 +1,8 @@
 """The guards against premature sentence ends and lost content, as pure functions."""
 import pytest
 
-from alignatt.guards import (GuardOptions, capped_loop_group, cut_loop, drop_loop_copies, ends_in_loop, ends_sentence,
-                             final_pass_budget, hold_sentence_end, strip_sentence_final, trim_repeated_start)
+from alignatt.guards import (GuardOptions, cut_loop, drop_loop_copies, ends_in_loop, ends_sentence, final_pass_budget,
+                             hold_sentence_end, strip_sentence_final, trim_repeated_start)
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -85,20 +85,6 @@ def test_a_generation_ends_in_a_loop_once_its_last_group_repeats():
     assert not ends_in_loop(" x x x x y", False, 4)  # the loop is over
     assert not ends_in_loop(" 1 1 1 1", False, 4) and not ends_in_loop(" x x x x", False, 0)
     assert ends_in_loop("哈哈哈哈", True, 4)
-
-
-def test_a_capped_loop_is_the_group_whose_next_copy_would_be_cut():
-    # The live demo's last sentence (2026-12-02): three copies were written, a fourth would be cut.
-    assert capped_loop_group("im guten Autor-Widerstand im absoluten absoluten absoluten", False, 4) == "absoluten"
-    loop = " in der absoluten Ungeschimpftheit"
-    assert capped_loop_group("für gute Autorität" + loop * 2 + " in" + loop, False, 4) == loop.strip()
-    assert capped_loop_group("Haus Haus Haus", False, 3) == "Haus"
-    assert capped_loop_group("哈哈哈", True, 4) == "哈"
-    # A copy that would still be written, a loop that is over, anaphora, digits, the guard off: nothing is capped.
-    for text in ("und Haus Haus", "Haus Haus Haus und", "es war das Ende, es war das Glück, es war das Leid",
-                 " 1 000 000 000", ""):
-        assert capped_loop_group(text, False, 4) is None
-    assert capped_loop_group("Haus Haus Haus", False, 0) is None
 
 
 def test_final_pass_budget():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from alignatt.capture import HeadRef
-from alignatt.guards import GuardOptions, cut_loop
+from alignatt.guards import GuardOptions
 from alignatt.heads import HeadsFile, HeadScore, HeadsFileError
 from alignatt.policy import PolicyConfig, complete_units_text
 from alignatt.prompt import PromptConfig
@@ -104,14 +104,12 @@ def test_end_of_turn_is_a_stop_id_even_if_the_generation_config_omits_it(gemma_m
     assert qwen_tokenizer().convert_tokens_to_ids("<|im_end|>") in qwen._eos_ids
 
 
-def favouring_model(token_ids, vocab_size, seed, bias=1000.0):
-    """A tiny model whose greedy output is always one of `token_ids` (their logits dominate; `bias`: one for all,
-    or one each, the highest winning wherever it is allowed)."""
+def favouring_model(token_ids, vocab_size, seed):
+    """A tiny model whose greedy output is always one of `token_ids` (their logits dominate)."""
     model = build_gemma4_conditional(vocab_size=vocab_size, seed=seed)
-    bias = torch.as_tensor(bias)
 
     def favour(module, inputs, output):
-        output[..., token_ids] += bias
+        output[..., token_ids] += 1000.0
         return output
 
     model.lm_head.register_forward_hook(favour)
@@ -142,14 +140,9 @@ def test_draft_end_is_held_while_the_sentence_is_open(gemma_tok):
     assert published.draft(SOURCE, len(SOURCE.split()), "Wir").may_end
 
 
-def looping_model(gemma_tok, word=" Haus", then=("<end_of_turn>",)):
-    """A tiny model whose greedy translation repeats one word for the rest of its budget; where that word is banned,
-    it writes the tokens of `then` in turn, the first one allowed (by default the translation ends)."""
-    [word_id] = gemma_tok.encode(word, add_special_tokens=False)
-    then_ids = [gemma_tok.convert_tokens_to_ids(token) for token in then]
-    # Small enough biases that the logit soft-capping (30) keeps them apart, even after the repetition penalty.
-    return favouring_model([word_id, *then_ids], len(gemma_tok), seed=2,
-                           bias=[40.0, *(20.0 - i for i in range(len(then_ids)))])
+def looping_model(gemma_tok, word=" Haus"):
+    """A tiny model whose greedy translation repeats one word for the rest of its budget."""
+    return favouring_model(gemma_tok.encode(word, add_special_tokens=False), len(gemma_tok), seed=2)
 
 
 def test_a_degenerate_loop_is_cut_in_drafts_and_final_passes(gemma_tok):
@@ -164,28 +157,8 @@ def test_a_degenerate_loop_is_cut_in_drafts_and_final_passes(gemma_tok):
     assert loose.draft(SOURCE, everything_heard, "Wir").new_text.split().count("Haus") > 3
 
 
-def test_a_capped_loop_is_not_continued_so_the_rest_is_still_translated(gemma_tok):
-    # Where " Haus" may not go on, the model writes " Ende" (one token), then ends.
-    model = looping_model(gemma_tok, then=("▁Ende", "<end_of_turn>"))
-    translator = Translator(model, gemma_tok, HEADS, PromptConfig(target_lang="de"))
-    everything_heard = len(SOURCE.split())
-    # Three copies written: drafts and final passes go on with what follows instead of the cut fourth copy.
-    assert translator.draft(SOURCE, everything_heard, "Wir Haus Haus Haus").new_text.startswith(" Ende")
-    rest = translator.finish(SOURCE, "Wir Haus Haus Haus")
-    assert rest.startswith(" Ende") and cut_loop("Wir Haus Haus Haus", rest, False, 4) == rest
-    # A final pass that falls into the loop itself: its copies are dropped, and the pass is run again, barred from
-    # the fourth copy; a draft that loops is still cut there (the next draft sees the capped loop).
-    rest = translator.finish(SOURCE, "Wir")
-    assert rest.startswith(" Haus Haus Haus Ende") and cut_loop("Wir", rest, False, 4) == rest
-    assert translator.draft(SOURCE, everything_heard, "Wir").new_text == " Haus Haus Haus"
-    # Without the loop guard, nothing is barred.
-    loose = Translator(model, gemma_tok, HEADS, PromptConfig(target_lang="de"), guards=GuardOptions(loop_repeats=0))
-    assert loose.finish(SOURCE, "Wir Haus Haus Haus").split().count("Haus") > 10
-
-
 def test_a_looping_final_pass_stops_early_with_the_same_text(gemma_tok):
     translator = Translator(looping_model(gemma_tok), gemma_tok, HEADS, PromptConfig(target_lang="de"))
-    assert gemma_tok.encode(" Haus", add_special_tokens=False) == [31045]  # a copy is one token
     generate = translator.decoder.generate
     generated_tokens = []
 
@@ -198,17 +171,13 @@ def test_a_looping_final_pass_stops_early_with_the_same_text(gemma_tok):
 
     translator.decoder.generate = recording
     stopped = translator.finish(SOURCE, "Wir")
-    # 2 x loop_repeats copies, then it stops; the copies are dropped, and the pass runs again barred from the
-    # fourth copy: three copies, then the end.
-    assert generated_tokens == [8, 4]
     translator.decoder.generate = functools.partial(recording, stop=False)
     assert stopped == translator.finish(SOURCE, "Wir") == " Haus Haus Haus"
-    assert generated_tokens[2] > 8  # without the stop, it loops to its budget
+    haus_tokens = len(gemma_tok.encode(" Haus", add_special_tokens=False))
+    assert generated_tokens[0] == 8 * haus_tokens < generated_tokens[1]  # 2 x loop_repeats copies, then it stops
     translator.decoder.generate = recording
-    assert translator.finish(SOURCE, "Wir Haus Haus") == " Haus"
-    assert generated_tokens[-2:] == [6, 2]  # the copies already written count
     assert translator.finish(SOURCE, "Wir Haus Haus Haus") == ""
-    assert generated_tokens[-1] == 1  # a capped loop is barred from the start: the model ends at once
+    assert generated_tokens[-1] == 5 * haus_tokens  # the copies already written count
 
 
 def test_finish_budget_grows_with_the_source(gemma_model, gemma_tok):
