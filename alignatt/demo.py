@@ -233,7 +233,8 @@ def play(cascade: Cascade, samples: np.ndarray, rate: int, speed: float, char_le
             heard = fed.report.transcript + (f" ‖ held: {fed.report.held}" if fed.report.held else "")
             if heard != transcript:
                 transcript = heard
-                progress.write(f"    heard │ {tail(transcript)}")
+                if heard:  # an empty open sentence (all committed) would print an empty line
+                    progress.write(f"    heard │ {tail(transcript)}")
             if fed.units:
                 progress.write(f"  written │ {tail(join_units(emission.units, char_level))}")
     return playback

@@ -9,9 +9,9 @@ so one premature full stop would make every later draft continue a finished sent
 - the final pass of a committed sentence is made to continue when the accepted text ended a sentence before the
   whole source had been heard, and it drops a continuation that repeats the end of the accepted text;
 - a degenerate loop (one group of units over and over, an aborted copy between two copies allowed) is written
-  at most `loop_repeats` - 1 times: a draft's text stops before the next copy, a final pass drops the copies and
-  keeps what follows them, and a final pass ends once the written text and its own hold a group
-  LOOP_STOP_FACTOR x `loop_repeats` times.
+  at most `loop_repeats` - 1 times: a draft's text stops before the next copy (also before the start of one it
+  stops inside), a final pass drops the copies and keeps what follows them, and a final pass ends once the
+  written text and its own hold a group LOOP_STOP_FACTOR x `loop_repeats` times.
 All functions here are pure.
 """
 from __future__ import annotations
@@ -160,9 +160,36 @@ def cut_loop(prefix: str, text: str, char_level: bool, repeats: int) -> str:
         return text
     spans = unit_spans(text, char_level)
     looping = _loop_units(prefix, spans, text, char_level, repeats)
-    if not looping:
-        return text
-    return text[:spans[looping[0] - 1][1]] if looping[0] > 0 else ""
+    if looping:
+        text = text[:spans[looping[0] - 1][1]] if looping[0] > 0 else ""
+    return _without_copy_start(prefix, text, char_level, repeats)
+
+
+def _capped_group_units(text: str, char_level: bool, repeats: int) -> list[str]:
+    """The units of the group of 1-4 units that `text` ends with when the first unit of one more copy of it would
+    be cut as a loop (the loop is written as often as allowed); [] when there is none."""
+    spans = unit_spans(text, char_level)
+    separator = "" if char_level else " "
+    for size in range(1, min(LOOP_GROUP_UNITS, len(spans)) + 1):
+        copy = separator + text[spans[-size][0]:spans[-1][1]]
+        looping = _loop_units(text, unit_spans(copy, char_level), copy, char_level, repeats)
+        if looping[:1] == [0]:
+            return [text[start:end] for start, end in spans[-size:]]
+    return []
+
+
+def _without_copy_start(prefix: str, text: str, char_level: bool, repeats: int) -> str:
+    """`text` without its last 1-3 units where they begin one more copy of a loop written as often as allowed: the
+    copy would be cut once complete, and a draft that stops inside it must not leave its first words behind as
+    stray text ("... in der absoluten X in der absoluten X in der absoluten X in")."""
+    spans = unit_spans(text, char_level)
+    # The longest such tail first: "X in" also begins a copy of the shifted group "der absoluten X in".
+    for k in range(min(LOOP_GROUP_UNITS - 1, len(spans)), 0, -1):
+        head = text[:spans[-k - 1][1]] if k < len(spans) else ""
+        group = [unit_key(unit) for unit in _capped_group_units(prefix + head, char_level, repeats)]
+        if k < len(group) and group[:k] == [unit_key(text[start:end]) for start, end in spans[-k:]]:
+            return head
+    return text
 
 
 def drop_loop_copies(prefix: str, text: str, char_level: bool, repeats: int) -> str:

@@ -66,6 +66,13 @@ def test_a_loop_with_aborted_copies_between_its_copies_is_a_loop():
     assert cut_loop(" für gute Autorität", final, False, 4) == loop * 3
     assert ends_in_loop(loop * 3 + " in der" + loop, False, 4)
     assert not ends_in_loop(loop * 3 + " der" + loop, False, 4)  # "der" does not start a copy
+    # A draft that stops inside the fourth copy leaves none of it behind (the demo wrote a stray "in" there), also
+    # when the copies were written by earlier drafts; what goes on past the copy's start is written.
+    for start in (" in", " in der", " in der absoluten"):
+        assert cut_loop(" für gute Autorität", loop * 3 + start, False, 4) == loop * 3
+        assert cut_loop(" für gute Autorität" + loop * 3, start, False, 4) == ""
+    assert cut_loop(" für gute Autorität", loop * 3 + " in der Stadt", False, 4) == loop * 3 + " in der Stadt"
+    assert cut_loop("", "a b a b a b a", False, 4) == "a b a b a b"
 
 
 def test_cut_loop_leaves_ordinary_repetition_alone():
