@@ -75,12 +75,16 @@ def unit_key(unit: str) -> str:
     return "".join(ch for ch in unit.casefold() if ch.isalnum())
 
 
+def _keys(text: str, char_level: bool) -> list[str]:
+    return [unit_key(unit) for unit in split_units(text, char_level)]
+
+
 def trim_repeated_start(prefix: str, continuation: str, char_level: bool, min_units: int) -> str:
     """Drop the start of `continuation` when it repeats the last k >= min_units units of `prefix` (the longest
     such k; compared without case and punctuation). A model asked to continue sometimes restarts the clause."""
     if min_units <= 0:
         return continuation
-    before = [unit_key(u) for u in split_units(prefix, char_level)]
+    before = _keys(prefix, char_level)
     spans = unit_spans(continuation, char_level)
     after = [unit_key(continuation[a:b]) for a, b in spans]
     for k in range(min(len(before), len(after)), min_units - 1, -1):
@@ -130,24 +134,24 @@ def _completed_loop_units(keys: list[str], repeats: int) -> int:
 def ends_in_loop(text: str, char_level: bool, repeats: int) -> bool:
     """Whether `text` ends with one group of 1-4 units `repeats` times in a row, an aborted copy between two copies
     allowed (compared as `cut_loop` does)."""
-    keys = [unit_key(text[start:end]) for start, end in unit_spans(text, char_level)]
+    keys = _keys(text, char_level)
     return repeats > 0 and _completed_loop_units(keys, repeats) > 0
 
 
-def _loop_units(prefix: str, spans: list[tuple[int, int]], text: str, char_level: bool, repeats: int) -> list[int]:
-    """Indices of the units of `text` that repeat a loop (`prefix` + `text` holding a group `repeats` times in a
+def _looping_indices(before: list[str], keys: list[str], repeats: int) -> list[int]:
+    """Indices of the unit keys `keys` that repeat a loop (`before` + `keys` holding a group `repeats` times in a
     row), each judged with the earlier ones dropped, so every group keeps `repeats` - 1 copies."""
-    keys = [unit_key(u) for u in split_units(prefix, char_level)]
+    seen = list(before)
     kept: list[int] = []
     looping: list[int] = []
-    for i, (start, end) in enumerate(spans):
-        keys.append(unit_key(text[start:end]))
+    for i, key in enumerate(keys):
+        seen.append(key)
         kept.append(i)
-        units = _completed_loop_units(keys, repeats)
+        units = _completed_loop_units(seen, repeats)
         if units:
-            in_text = min(units, len(kept))  # a copy may begin in the prefix, which is written already
+            in_text = min(units, len(kept))  # a copy may begin in `before`, which is written already
             looping.extend(kept[-in_text:])
-            del kept[-in_text:], keys[-in_text:]
+            del kept[-in_text:], seen[-in_text:]
     return sorted(looping)
 
 
@@ -159,22 +163,18 @@ def cut_loop(prefix: str, text: str, char_level: bool, repeats: int) -> str:
     if repeats <= 0:
         return text
     spans = unit_spans(text, char_level)
-    looping = _loop_units(prefix, spans, text, char_level, repeats)
+    looping = _looping_indices(_keys(prefix, char_level), _keys(text, char_level), repeats)
     if looping:
         text = text[:spans[looping[0] - 1][1]] if looping[0] > 0 else ""
     return _without_copy_start(prefix, text, char_level, repeats)
 
 
-def _capped_group_units(text: str, char_level: bool, repeats: int) -> list[str]:
-    """The units of the group of 1-4 units that `text` ends with when the first unit of one more copy of it would
-    be cut as a loop (the loop is written as often as allowed); [] when there is none."""
-    spans = unit_spans(text, char_level)
-    separator = "" if char_level else " "
-    for size in range(1, min(LOOP_GROUP_UNITS, len(spans)) + 1):
-        copy = separator + text[spans[-size][0]:spans[-1][1]]
-        looping = _loop_units(text, unit_spans(copy, char_level), copy, char_level, repeats)
-        if looping[:1] == [0]:
-            return [text[start:end] for start, end in spans[-size:]]
+def _capped_group(keys: list[str], repeats: int) -> list[str]:
+    """The group of 1-4 unit keys that `keys` end with when one more copy of it would be cut as a loop, first unit
+    included (the loop is written as often as allowed); [] when there is none."""
+    for size in range(1, min(LOOP_GROUP_UNITS, len(keys)) + 1):
+        if _looping_indices(keys, keys[-size:], repeats)[:1] == [0]:
+            return keys[-size:]
     return []
 
 
@@ -182,13 +182,13 @@ def _without_copy_start(prefix: str, text: str, char_level: bool, repeats: int) 
     """`text` without its last 1-3 units where they begin one more copy of a loop written as often as allowed: the
     copy would be cut once complete, and a draft that stops inside it must not leave its first words behind as
     stray text ("... in der absoluten X in der absoluten X in der absoluten X in")."""
-    spans = unit_spans(text, char_level)
+    before, spans = _keys(prefix, char_level), unit_spans(text, char_level)
+    keys = [unit_key(text[start:end]) for start, end in spans]
     # The longest such tail first: "X in" also begins a copy of the shifted group "der absoluten X in".
-    for k in range(min(LOOP_GROUP_UNITS - 1, len(spans)), 0, -1):
-        head = text[:spans[-k - 1][1]] if k < len(spans) else ""
-        group = [unit_key(unit) for unit in _capped_group_units(prefix + head, char_level, repeats)]
-        if k < len(group) and group[:k] == [unit_key(text[start:end]) for start, end in spans[-k:]]:
-            return head
+    for k in range(min(LOOP_GROUP_UNITS - 1, len(keys)), 0, -1):
+        group = _capped_group(before + keys[:-k], repeats)
+        if k < len(group) and group[:k] == keys[-k:]:
+            return text[:spans[-k - 1][1]] if k < len(spans) else ""
     return text
 
 
@@ -198,7 +198,7 @@ def drop_loop_copies(prefix: str, text: str, char_level: bool, repeats: int) -> 
     if repeats <= 0:
         return text
     spans = unit_spans(text, char_level)
-    looping = set(_loop_units(prefix, spans, text, char_level, repeats))
+    looping = set(_looping_indices(_keys(prefix, char_level), _keys(text, char_level), repeats))
     if not looping:
         return text
     # Each kept unit comes with the whitespace before it in `text`.
