@@ -162,7 +162,8 @@ class Fed:
 
     def emitted_ms(self, speed: float) -> float:
         """When the push's units appeared, on the audio's clock (their computation-aware time): live, the moment
-        they were written; as fast as the models run (speed 0), the audio heard plus the step's own compute."""
+        they were written; as fast as the models run (speed 0), the audio heard plus the step's own compute (not
+        the compute of every step so far, as SimulEval counts it, so lower than a live run's on a slow machine)."""
         return 1000.0 * (self.wall_s * speed if speed > 0 else self.heard_s + self.compute_s)
 
     def lag_s(self, speed: float) -> float:
@@ -257,12 +258,13 @@ def summary(args: argparse.Namespace, playback: Playback, duration_s: float) -> 
     char_level, emission = is_char_level(args.target_lang), playback.emission
     lines = ["", "translation:", join_units(emission.units, char_level) or "(nothing)", "",
              f"{len(emission.units)} {'characters' if char_level else 'words'} from {duration_s:.1f} s of audio "
-             f"in {playback.steps} steps; compute {playback.compute_s:.1f} s, RTF {playback.compute_s / duration_s:.2f}"]
+             f"in {playback.steps} steps; compute {playback.compute_s:.1f} s, "
+             f"RTF {playback.compute_s / duration_s:.2f}"]
     live = args.speed > 0
     if live:
         keeping = "catching up" if args.catch_up else "one chunk per step"
         lines.append(f"live at {args.speed:g}x ({keeping}): at most {playback.max_lag_s:.1f} s of audio behind the "
-                     f"speaker")
+                     f"speaker (the final passes after the last word included)")
     if emission.units:
         when = "when it appeared" if live else "counting its step's compute"
         lines.append(f"first unit written at {emission.cu_ms[0] / 1000:.2f} s of audio "

@@ -159,50 +159,59 @@ def cut_loop(prefix: str, text: str, char_level: bool, repeats: int) -> str:
     """`text` up to the first unit that would make `prefix` + `text` hold a group of 1-4 units `repeats` times in
     a row (compared without case and punctuation), so that a draft's written text stays a prefix of the draft. A
     small translator can fall into repeating one word for the rest of its budget ("-mitunter -mitunter ..."):
-    each copy is a word the listener reads and the scorer counts, and no later step can take it back."""
+    each copy is a word the listener reads and the scorer counts, and no later step can take it back. A draft that
+    stops inside the copy that would complete the loop writes none of that copy either."""
     if repeats <= 0:
         return text
-    spans = unit_spans(text, char_level)
-    looping = _looping_indices(_keys(prefix, char_level), _keys(text, char_level), repeats)
-    if looping:
-        text = text[:spans[looping[0] - 1][1]] if looping[0] > 0 else ""
-    return _without_copy_start(prefix, text, char_level, repeats)
-
-
-def _capped_group(keys: list[str], repeats: int) -> list[str]:
-    """The group of 1-4 unit keys that `keys` end with when one more copy of it would be cut as a loop, first unit
-    included (the loop is written as often as allowed); [] when there is none."""
-    for size in range(1, min(LOOP_GROUP_UNITS, len(keys)) + 1):
-        if _looping_indices(keys, keys[-size:], repeats)[:1] == [0]:
-            return keys[-size:]
-    return []
-
-
-def _without_copy_start(prefix: str, text: str, char_level: bool, repeats: int) -> str:
-    """`text` without its last 1-3 units where they begin one more copy of a loop written as often as allowed: the
-    copy would be cut once complete, and a draft that stops inside it must not leave its first words behind as
-    stray text ("... in der absoluten X in der absoluten X in der absoluten X in")."""
     before, spans = _keys(prefix, char_level), unit_spans(text, char_level)
-    keys = [unit_key(text[start:end]) for start, end in spans]
-    # The longest such tail first: "X in" also begins a copy of the shifted group "der absoluten X in".
-    for k in range(min(LOOP_GROUP_UNITS - 1, len(keys)), 0, -1):
-        group = _capped_group(before + keys[:-k], repeats)
-        if k < len(group) and group[:k] == keys[-k:]:
-            return text[:spans[-k - 1][1]] if k < len(spans) else ""
-    return text
+    looping = _looping_indices(before, [unit_key(text[start:end]) for start, end in spans], repeats)
+    if looping:
+        spans = spans[:looping[0]]
+        text = text[:spans[-1][1]] if spans else ""
+    return _without_copy_start(before, text, spans, repeats)
 
 
 def drop_loop_copies(prefix: str, text: str, char_level: bool, repeats: int) -> str:
     """`text` without the units that repeat a loop, keeping what follows it: a final pass that goes on after a
-    loop the drafts were cut at ("Haus Haus Haus" written, then " Haus und dann ...") still translates the rest."""
+    loop the drafts were cut at ("Haus Haus Haus" written, then " Haus und dann ...") still translates the rest. A
+    pass that ends inside the copy that would complete the loop keeps none of that copy."""
     if repeats <= 0:
         return text
-    spans = unit_spans(text, char_level)
-    looping = set(_looping_indices(_keys(prefix, char_level), _keys(text, char_level), repeats))
-    if not looping:
-        return text
-    # Each kept unit comes with the whitespace before it in `text`.
-    return "".join(text[spans[i - 1][1] if i else 0:end] for i, (_, end) in enumerate(spans) if i not in looping)
+    before, spans = _keys(prefix, char_level), unit_spans(text, char_level)
+    looping = set(_looping_indices(before, [unit_key(text[start:end]) for start, end in spans], repeats))
+    if looping:  # each kept unit comes with the whitespace before it in `text`
+        text = "".join(text[spans[i - 1][1] if i else 0:end] for i, (_, end) in enumerate(spans) if i not in looping)
+        spans = unit_spans(text, char_level)
+    return _without_copy_start(before, text, spans, repeats)
+
+
+def _capped_groups(keys: list[str], repeats: int) -> list[list[str]]:
+    """The groups of 1-4 unit keys that `keys` end with and whose next copy would be cut as a loop, first unit
+    included (each loop is written as often as allowed)."""
+    return [keys[-size:] for size in range(1, min(LOOP_GROUP_UNITS, len(keys)) + 1)
+            if _looping_indices(keys, keys[-size:], repeats)[:1] == [0]]
+
+
+def _starts_a_copy(tail: list[str], group: list[str]) -> bool:
+    """Whether `tail` begins a copy of `group` without completing it, after at most one aborted copy (a proper
+    prefix of the group, as in `_copy_before`): "in", "in der", "in in", "in der in" for "in der absoluten X"."""
+    for aborted in range(len(group)):
+        rest = tail[aborted:]
+        if tail[:aborted] == group[:aborted] and 0 < len(rest) < len(group) and rest == group[:len(rest)]:
+            return True
+    return False
+
+
+def _without_copy_start(before: list[str], text: str, spans: list[tuple[int, int]], repeats: int) -> str:
+    """`text` (its unit `spans`, after written units `before`) without the last units where they begin one more copy
+    of a loop written as often as allowed: that copy would be cut once complete, so its first words must not be
+    left behind ("... in der absoluten X in der absoluten X in der absoluten X in")."""
+    keys = [unit_key(text[start:end]) for start, end in spans]
+    # The longest such tail first: "X in" also begins a copy of the shifted group "der absoluten X in".
+    for k in range(min(2 * (LOOP_GROUP_UNITS - 1), len(keys)), 0, -1):
+        if any(_starts_a_copy(keys[-k:], group) for group in _capped_groups(before + keys[:-k], repeats)):
+            return text[:spans[-k - 1][1]] if k < len(spans) else ""
+    return text
 
 
 def final_pass_budget(n_source_tokens: int, max_tokens: int) -> int:

@@ -73,6 +73,14 @@ def test_a_loop_with_aborted_copies_between_its_copies_is_a_loop():
         assert cut_loop(" für gute Autorität" + loop * 3, start, False, 4) == ""
     assert cut_loop(" für gute Autorität", loop * 3 + " in der Stadt", False, 4) == loop * 3 + " in der Stadt"
     assert cut_loop("", "a b a b a b a", False, 4) == "a b a b a b"
+    for stutter in (" in in", " in der in"):  # an aborted copy first, as the loop guard allows
+        assert cut_loop(" für gute Autorität", loop * 3 + stutter, False, 4) == loop * 3
+    assert cut_loop(" a b b b a b b b a b b b", " a", False, 4) == ""  # not only the shortest capped group
+    assert cut_loop("", "一个一个一个一", True, 4) == "一个一个一个"
+    # A final pass that ends inside that copy (its budget spent) keeps none of it; what follows a loop stays.
+    assert drop_loop_copies(" für gute Autorität", loop * 5 + " in der", False, 4) == loop * 3
+    assert drop_loop_copies(" für gute Autorität" + loop * 3, " in der", False, 4) == ""
+    assert drop_loop_copies(" für gute Autorität", loop * 3 + " in Weg.", False, 4) == loop * 3 + " in Weg."
 
 
 def test_cut_loop_leaves_ordinary_repetition_alone():
