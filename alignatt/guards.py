@@ -10,8 +10,8 @@ so one premature full stop would make every later draft continue a finished sent
   whole source had been heard, and it drops a continuation that repeats the end of the accepted text;
 - a degenerate loop (one group of units over and over, an aborted copy between two copies allowed) is written
   at most `loop_repeats` - 1 times: a draft's text stops before the next copy (also before the start of one it
-  stops inside), a final pass drops the copies and keeps what follows them, and a final pass ends once the
-  written text and its own hold a group LOOP_STOP_FACTOR x `loop_repeats` times.
+  stops inside), a final pass drops the copies (and the start of one it ends inside) and keeps what follows them,
+  and a final pass ends once the written text and its own hold a group LOOP_STOP_FACTOR x `loop_repeats` times.
 All functions here are pure.
 """
 from __future__ import annotations
