@@ -171,6 +171,13 @@ class PromptBuilder:
             raise ValueError("the chat template renders the prefilled answer unexpectedly")
         return text, (start, end)
 
+    def plain_end_markers(self) -> tuple[str, ...]:
+        """What ends a translation in the plain layout: its line break, or a label that starts another example on
+        the same line (a base model that copies English for a while can go on with "German: Hallo, ich bin ...",
+        translating the talk's start again)."""
+        return ("\n", f"{self.config.language_name(self.config.source_lang)}:",
+                f"{self.config.language_name(self.config.target_lang)}:")
+
     def _render_plain(self, source: str, target_prefix: str, history) -> tuple[str, tuple[int, int]]:
         src_name = self.config.language_name(self.config.source_lang)
         tgt_name = self.config.language_name(self.config.target_lang)

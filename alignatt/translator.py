@@ -86,16 +86,18 @@ def load_model_and_tokenizer(config: TranslatorConfig):
     return model.to(device).eval(), tokenizer
 
 
-_LINE_END_BY_TOKENIZER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PLAIN_END_BY_TOKENIZER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def line_end_criteria(tokenizer) -> StoppingCriteriaList:
-    """Stop at a line break. Built once per tokenizer: transformers would rebuild it from the whole vocabulary on
-    every generate() call given `stop_strings` (1.7 s per draft for Gemma-3's 262k tokens on 2 CPU cores), and even
-    a built one costs 1-3 s, which the cascades of a sweep worker share."""
-    if tokenizer not in _LINE_END_BY_TOKENIZER:
-        _LINE_END_BY_TOKENIZER[tokenizer] = StoppingCriteriaList([StopStringCriteria(tokenizer, ["\n"])])
-    return _LINE_END_BY_TOKENIZER[tokenizer]
+def plain_end_criteria(tokenizer, markers: tuple[str, ...]) -> StoppingCriteriaList:
+    """Stop where a plain-layout translation ends (`PromptBuilder.plain_end_markers`). Built once per tokenizer and
+    markers: transformers would rebuild it from the whole vocabulary on every generate() call given `stop_strings`
+    (1.7 s per draft for Gemma-3's 262k tokens on 2 CPU cores), and even a built one costs 1-3 s, which the
+    cascades of a sweep worker share."""
+    built = _PLAIN_END_BY_TOKENIZER.setdefault(tokenizer, {})
+    if markers not in built:
+        built[markers] = StoppingCriteriaList([StopStringCriteria(tokenizer, list(markers))])
+    return built[markers]
 
 
 class _LoopStop(StoppingCriteria):
@@ -137,7 +139,8 @@ class Translator:
         self._eos_ids = self._end_token_ids()
         # Built here, with the models, not on the first draft: it walks the whole vocabulary once (4 s for
         # Gemma-3's 262k tokens on 2 CPU cores), time a talk's first step should not pay.
-        self._line_end = line_end_criteria(tokenizer) if prompt_config.style == "plain" else None
+        self._plain_end = (plain_end_criteria(tokenizer, self.prompts.plain_end_markers())
+                           if prompt_config.style == "plain" else None)
         self.decoder = decoder if decoder is not None else make_decoder(model, self.heads, decode_config)
 
     @classmethod
@@ -187,7 +190,7 @@ class Translator:
     def _generate(self, prompt: RenderedPrompt, max_new_tokens: int, capture: bool, must_continue: bool = False,
                   stop_when: StopWhen | None = None, criteria: Sequence[StoppingCriteria] = ()):
         generation = self._generation_config(max_new_tokens, must_continue)
-        criteria = [*(self._line_end or ()), *criteria]  # base models: one line per translation
+        criteria = [*(self._plain_end or ()), *criteria]  # base models: one line per translation
         kwargs = {"stopping_criteria": StoppingCriteriaList(criteria)} if criteria else {}
         return self.decoder.generate(Request(
             input_ids=prompt.input_ids, generation=generation,
@@ -203,12 +206,18 @@ class Translator:
         return text
 
     def _split_end(self, prompt: RenderedPrompt, generated: list[int]) -> tuple[list[int], bool]:
-        """Drop the end-of-translation token (or, for plain prompts, the line break) and say if it came."""
+        """Drop the end-of-translation token (for plain prompts: the tokens from the line break or label that ends
+        the translation on) and say if it came."""
+        markers = self.prompts.plain_end_markers() if self.prompts.config.style == "plain" else ()
         for i, token in enumerate(generated):
             if token in self._eos_ids:
                 return generated[:i], True
-            if self.prompts.config.style == "plain" and "\n" in self.continuation_text(prompt, generated[: i + 1]):
-                return generated[:i], True
+            text = self.continuation_text(prompt, generated[: i + 1]) if markers else ""
+            ends = [text.find(marker) for marker in markers if marker in text]
+            if ends:  # the tokens that end before the marker (a label spans tokens: " German", ":")
+                kept = next(j for j in range(i, -1, -1)
+                            if len(self.continuation_text(prompt, generated[:j])) <= min(ends))
+                return generated[:kept], True
         return generated, False
 
     def draft(self, source: str, n_accessible_units: int, target_prefix: str = "",

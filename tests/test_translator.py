@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from alignatt.capture import HeadRef
+from alignatt.decoding import Generated
 from alignatt.guards import GuardOptions
 from alignatt.heads import HeadsFile, HeadScore, HeadsFileError
 from alignatt.policy import PolicyConfig, complete_units_text
@@ -224,6 +225,27 @@ def test_plain_prompt_for_base_models_stops_at_line_end(gemma_model):
                             TranslatorConfig(max_final_tokens=40), few_shot=[("Hello.", "Ciao.")])
     assert "\n" not in translator.finish(SOURCE)
     assert "\n" not in translator.draft(SOURCE, 4).new_text
+
+
+def test_plain_translation_ends_where_the_model_starts_another_example(gemma_model):
+    """A base model that copies English for a while can go on with the prompt's layout on the same line (held-out
+    talk DyXpuURBMP, 2026-12-02: "... namely Sebastian's German: Hallo, ich bin Kelly, ..." and the talk's start
+    translated again): the label ends the translation, as a line break does."""
+    tokenizer = gemma_tokenizer(chat=False)
+    translator = Translator(gemma_model, tokenizer, HEADS, PromptConfig(style="plain", target_lang="de"),
+                            few_shot=[("Hello.", "Hallo.")])
+    scripted = tokenizer.encode(" namely Sebastian's German: Hallo, ich bin Kelly", add_special_tokens=False)
+    translator.decoder.generate = lambda request: Generated(scripted, None)
+    assert translator.finish(SOURCE, "Wir danken") == " namely Sebastian's"
+    prompt = translator.prompts.render(SOURCE)
+    for text, kept in ((" namely English: Hello", " namely"), (" eins\nGerman: zwei", " eins"), (" eins", " eins")):
+        draft_ids, ended = translator._split_end(prompt, tokenizer.encode(text, add_special_tokens=False))
+        assert translator.continuation_text(prompt, draft_ids) == kept and ended == (kept != text)
+    # Generation stops there too, and not at a word that only begins like a label.
+    stop = translator._plain_end[0]
+    for text, stops in ((" Sebastian's German:", True), (" Germany", False), (" English:", True)):
+        ids = torch.tensor([tokenizer.encode("English: x\nGerman:" + text, add_special_tokens=False)])
+        assert bool(stop(ids, None)[0]) == stops
 
 
 def test_qwen3_with_chatml_template(qwen_tok):
