@@ -164,11 +164,12 @@ def cut_loop(prefix: str, text: str, char_level: bool, repeats: int) -> str:
     if repeats <= 0:
         return text
     before, spans = _keys(prefix, char_level), unit_spans(text, char_level)
-    looping = _looping_indices(before, [unit_key(text[start:end]) for start, end in spans], repeats)
+    keys = [unit_key(text[start:end]) for start, end in spans]
+    looping = _looping_indices(before, keys, repeats)
     if looping:
-        spans = spans[:looping[0]]
+        spans, keys = spans[:looping[0]], keys[:looping[0]]
         text = text[:spans[-1][1]] if spans else ""
-    return _without_copy_start(before, text, spans, repeats)
+    return _without_copy_start(before, text, spans, keys, repeats)
 
 
 def drop_loop_copies(prefix: str, text: str, char_level: bool, repeats: int) -> str:
@@ -178,11 +179,13 @@ def drop_loop_copies(prefix: str, text: str, char_level: bool, repeats: int) -> 
     if repeats <= 0:
         return text
     before, spans = _keys(prefix, char_level), unit_spans(text, char_level)
-    looping = set(_looping_indices(before, [unit_key(text[start:end]) for start, end in spans], repeats))
+    keys = [unit_key(text[start:end]) for start, end in spans]
+    looping = set(_looping_indices(before, keys, repeats))
     if looping:  # each kept unit comes with the whitespace before it in `text`
         text = "".join(text[spans[i - 1][1] if i else 0:end] for i, (_, end) in enumerate(spans) if i not in looping)
         spans = unit_spans(text, char_level)
-    return _without_copy_start(before, text, spans, repeats)
+        keys = [key for i, key in enumerate(keys) if i not in looping]
+    return _without_copy_start(before, text, spans, keys, repeats)
 
 
 def _capped_groups(keys: list[str], repeats: int) -> list[list[str]]:
@@ -202,11 +205,11 @@ def _starts_a_copy(tail: list[str], group: list[str]) -> bool:
     return False
 
 
-def _without_copy_start(before: list[str], text: str, spans: list[tuple[int, int]], repeats: int) -> str:
-    """`text` (its unit `spans`, after written units `before`) without the last units where they begin one more copy
-    of a loop written as often as allowed: that copy would be cut once complete, so its first words must not be
-    left behind ("... in der absoluten X in der absoluten X in der absoluten X in")."""
-    keys = [unit_key(text[start:end]) for start, end in spans]
+def _without_copy_start(before: list[str], text: str, spans: list[tuple[int, int]], keys: list[str],
+                        repeats: int) -> str:
+    """`text` (its unit `spans` and their `keys`, after written units `before`) without the last units where they
+    begin one more copy of a loop written as often as allowed: that copy would be cut once complete, so its first
+    words must not be left behind ("... in der absoluten X in der absoluten X in der absoluten X in")."""
     # The longest such tail first: "X in" also begins a copy of the shifted group "der absoluten X in".
     for k in range(min(2 * (LOOP_GROUP_UNITS - 1), len(keys)), 0, -1):
         if any(_starts_a_copy(keys[-k:], group) for group in _capped_groups(before + keys[:-k], repeats)):

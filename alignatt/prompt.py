@@ -171,19 +171,22 @@ class PromptBuilder:
             raise ValueError("the chat template renders the prefilled answer unexpectedly")
         return text, (start, end)
 
+    def _plain_labels(self) -> tuple[str, str]:
+        """The plain layout's source and target labels ("English:", "German:")."""
+        return (f"{self.config.language_name(self.config.source_lang)}:",
+                f"{self.config.language_name(self.config.target_lang)}:")
+
     def plain_end_markers(self) -> tuple[str, ...]:
         """What ends a translation in the plain layout: its line break, or a label that starts another example on
         the same line (a base model that copies English for a while can go on with "German: Hallo, ich bin ...",
         translating the talk's start again)."""
-        return ("\n", f"{self.config.language_name(self.config.source_lang)}:",
-                f"{self.config.language_name(self.config.target_lang)}:")
+        return ("\n", *self._plain_labels())
 
     def _render_plain(self, source: str, target_prefix: str, history) -> tuple[str, tuple[int, int]]:
-        src_name = self.config.language_name(self.config.source_lang)
-        tgt_name = self.config.language_name(self.config.target_lang)
-        shots = "".join(f"{src_name}: {s}\n{tgt_name}: {t}\n\n" for s, t in (*self.few_shot, *history))
-        head = f"{shots}{src_name}: "
-        text = f"{head}{source}\n{tgt_name}:" + (f" {target_prefix}" if target_prefix else "")
+        src_label, tgt_label = self._plain_labels()
+        shots = "".join(f"{src_label} {s}\n{tgt_label} {t}\n\n" for s, t in (*self.few_shot, *history))
+        head = f"{shots}{src_label} "
+        text = f"{head}{source}\n{tgt_label}" + (f" {target_prefix}" if target_prefix else "")
         return text, (len(head), len(head) + len(source))
 
     def _tokenize(self, text: str, span: tuple[int, int], n_accessible_units: int | None,
