@@ -165,7 +165,10 @@ def _asr_backend(args, models: ModelPool) -> tuple[AsrBackend, bool]:
     new = key not in models
     backend = models.get(key, lambda: load_backend(name, options))
     if getattr(args, "asr_cache_dir", None):
-        backend = CachedAsr(backend, args.asr_cache_dir, identity=f"{name}:{options!r}")
+        # The backend's own identity where it has one (auto choices resolved, so a cache recorded on one kind of
+        # machine is not replayed on another that would transcribe differently).
+        backend = CachedAsr(backend, args.asr_cache_dir,
+                            identity=getattr(backend, "cache_identity", f"{name}:{options!r}"))
     return backend, new
 
 
