@@ -219,15 +219,16 @@ class Sweep:
         self._started = time.perf_counter()
         self._stopped = set()  # workers killed for a job over the timeout, until their job settles
 
-    def _new_worker(self):
+    def _new_workers(self, count: int) -> list:
+        """Start `count` workers together (each imports torch and the models' code: seconds apiece)."""
         import ray
 
         if self._actor is None:
             self._actor = ray.remote(SweepWorker).options(num_cpus=self.spec.cpus, num_gpus=self.spec.gpus,
                                                           max_restarts=0)
-        worker = self._actor.remote(self.spec.threads)
-        self.pids[worker] = ray.get(worker.pid.remote())
-        return worker
+        workers = [self._actor.remote(self.spec.threads) for _ in range(count)]
+        self.pids.update(zip(workers, ray.get([worker.pid.remote() for worker in workers])))
+        return workers
 
     def _settle(self, ref, progress: tqdm) -> object | None:
         """The outcome of a finished job; returns its worker if it is still usable."""
@@ -254,7 +255,7 @@ class Sweep:
                 ray.kill(worker)
                 self.pids.pop(worker, None)
                 self._stopped.discard(worker)
-                return self._new_worker()
+                return self._new_workers(1)[0]
             return worker
         self.done.append(job)
         self.asr_recorded.add(job.asr_key)
@@ -287,7 +288,7 @@ class Sweep:
         import ray
 
         queue = self.jobs
-        idle = [self._new_worker() for _ in range(min(self.n_workers, len(queue)))]
+        idle = self._new_workers(min(self.n_workers, len(queue)))
         with tqdm(total=len(queue), desc="sweep", unit="job") as progress:
             while queue or self.running:
                 while queue and idle:
