@@ -184,8 +184,10 @@ class _Session(LogitsProcessor):
         self.processors = []
         if self.penalty != 1.0:
             self.processors.append(RepetitionPenaltyLogitsProcessor(self.penalty))
-        if suppressed:
-            self.processors.append(SuppressTokensAtBeginLogitsProcessor(suppressed, n_prompt_tokens))
+        # Applied at the first step only: after it the processor changes nothing, yet builds a vocabulary-sized
+        # mask at every token (about 2 ms for Gemma's 262k rows on CPU).
+        self.first_step = SuppressTokensAtBeginLogitsProcessor(suppressed, n_prompt_tokens) if suppressed else None
+        self.n_prompt_tokens = n_prompt_tokens
         self.pending: _Pending | None = None
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -220,6 +222,8 @@ class _Session(LogitsProcessor):
     def _process(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         for processor in self.processors:
             scores = processor(input_ids, scores)
+        if self.first_step is not None and input_ids.shape[-1] == self.n_prompt_tokens:
+            scores = self.first_step(input_ids, scores)
         return scores
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:

@@ -255,3 +255,17 @@ def test_lm_head_modes():
     assert make_screen(model.to(torch.bfloat16), "auto", compiled=False) is None
     with pytest.raises(ValueError, match="lm_head"):
         DecodeConfig(lm_head="int8")
+
+
+def test_the_first_step_suppression_holds_back_the_token_the_model_would_write_first():
+    model = build("gemma3", vocab_size=4096)
+    screen = make_screen(model, "screened", compiled=False)
+    heads = [HeadRef(1, 0)]
+    ids = torch.randint(3, 4096, (20,), generator=torch.Generator().manual_seed(7)).tolist()
+    free = GenerationConfig(max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=1)
+    first = EagerDecoder(model, heads).generate(Request(input_ids=ids, generation=free)).token_ids[0]
+    generation = GenerationConfig(**{**free.to_diff_dict(), "begin_suppress_tokens": [first]})
+    request = Request(input_ids=ids, generation=generation, capture_from=len(ids) - 1)
+    full = EagerDecoder(model, heads).generate(request).token_ids
+    screened = EagerDecoder(model, heads, screen).generate(request).token_ids
+    assert full[0] != first and screened == full
