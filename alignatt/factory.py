@@ -165,8 +165,8 @@ def _asr_backend(args, models: ModelPool) -> tuple[AsrBackend, bool]:
     new = key not in models
     backend = models.get(key, lambda: load_backend(name, options))
     if getattr(args, "asr_cache_dir", None):
-        # The backend's own identity where it has one (auto choices resolved, so a cache recorded on one kind of
-        # machine is not replayed on another that would transcribe differently).
+        # The backend's own identity where it has one: auto choices resolved, so a cache recorded where auto meant
+        # one encoder is not replayed where it means another.
         backend = CachedAsr(backend, args.asr_cache_dir,
                             identity=getattr(backend, "cache_identity", f"{name}:{options!r}"))
     return backend, new

@@ -20,9 +20,11 @@ import numpy as np
 import torch
 
 ENCODER_PREFIX = "encoder/"
-# CTranslate2's DataType enum, for the dtypes a converted whisper checkpoint stores.
-_CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
-_SUPPORTED_VERSIONS = (5, 6)
+# CTranslate2's DataType enum: the float weights of a float32/float16 conversion, and the integer scalars (num_heads).
+# An int8 conversion (1, with separate scales) or a bfloat16 one (5) is refused rather than misread.
+_CT2_DTYPES = {0: np.float32, 2: np.int16, 3: np.int32, 4: np.float16}
+_CT2_DTYPE_NAMES = {1: "int8", 5: "bfloat16"}
+_SUPPORTED_VERSIONS = (5, 6)  # 5 and 6 share the layout read here
 TORCH_DTYPES = {"torch-bf16": torch.bfloat16, "torch-fp32": torch.float32}
 
 
@@ -56,8 +58,10 @@ def read_ct2_variables(model_bin: Path, prefix: str = ENCODER_PREFIX) -> dict[st
                 handle.seek(n_bytes, 1)
                 continue
             if dtype_id not in _CT2_DTYPES:
-                raise ValueError(f"{model_bin}: {name} has CTranslate2 dtype {dtype_id}, which this reader "
-                                 f"does not know (an int8-quantised checkpoint? convert with float16 weights)")
+                kind = _CT2_DTYPE_NAMES.get(dtype_id, f"dtype {dtype_id}")
+                raise ValueError(f"{model_bin}: {name} is stored as {kind}; the torch encoder reads float16 or "
+                                 f"float32 conversions only (use --whisper-encoder ctranslate2, or convert with "
+                                 f"--quantization float16)")
             data = np.frombuffer(handle.read(n_bytes), dtype=_CT2_DTYPES[dtype_id])
             variables[name[len(prefix):]] = data.reshape(shape)
     return variables
@@ -80,19 +84,27 @@ def encoder_config(variables: dict[str, np.ndarray]):
 
 def encoder_state_dict(variables: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """transformers' WhisperEncoder parameter names for CTranslate2's encoder arrays. CTranslate2 fuses the
-    query, key and value projections into one (whisper's key projection has no bias: its part is zero)."""
+    query, key and value projections into one (whisper's key projection has no bias: its part is zero). Every
+    array must be used: one the mapping does not know (a scale, another architecture's extra) would otherwise be
+    silently ignored."""
+    unread = set(variables) - {"num_heads"}
+
+    def take(name: str) -> np.ndarray:
+        unread.discard(name)
+        return variables[name]
+
     state = {"conv1.weight": "conv1/weight", "conv1.bias": "conv1/bias", "conv2.weight": "conv2/weight",
              "conv2.bias": "conv2/bias", "embed_positions.weight": "position_encodings/encodings",
              "layer_norm.weight": "layer_norm/gamma", "layer_norm.bias": "layer_norm/beta"}
-    tensors = {hf: torch.from_numpy(np.array(variables[ct2], dtype=np.float32)) for hf, ct2 in state.items()}
+    tensors = {hf: _tensor(take(ct2)) for hf, ct2 in state.items()}
     for i in range(_layer_count(variables)):
         ct2, hf = f"layer_{i}/", f"layers.{i}."
         pairs = {"self_attn_layer_norm": "self_attention/layer_norm", "final_layer_norm": "ffn/layer_norm"}
         for hf_norm, ct2_norm in pairs.items():
-            tensors[f"{hf}{hf_norm}.weight"] = _tensor(variables[f"{ct2}{ct2_norm}/gamma"])
-            tensors[f"{hf}{hf_norm}.bias"] = _tensor(variables[f"{ct2}{ct2_norm}/beta"])
-        q, k, v = np.split(variables[f"{ct2}self_attention/linear_0/weight"], 3)
-        q_bias, k_bias, v_bias = np.split(variables[f"{ct2}self_attention/linear_0/bias"], 3)
+            tensors[f"{hf}{hf_norm}.weight"] = _tensor(take(f"{ct2}{ct2_norm}/gamma"))
+            tensors[f"{hf}{hf_norm}.bias"] = _tensor(take(f"{ct2}{ct2_norm}/beta"))
+        q, k, v = np.split(take(f"{ct2}self_attention/linear_0/weight"), 3)
+        q_bias, k_bias, v_bias = np.split(take(f"{ct2}self_attention/linear_0/bias"), 3)
         if np.any(k_bias):
             raise ValueError(f"encoder layer {i}: a whisper key projection has no bias, this one has")
         for name, weight in (("q_proj", q), ("k_proj", k), ("v_proj", v)):
@@ -101,8 +113,11 @@ def encoder_state_dict(variables: dict[str, np.ndarray]) -> dict[str, torch.Tens
         tensors[f"{hf}self_attn.v_proj.bias"] = _tensor(v_bias)
         for hf_linear, ct2_linear in (("self_attn.out_proj", "self_attention/linear_1"), ("fc1", "ffn/linear_0"),
                                       ("fc2", "ffn/linear_1")):
-            tensors[f"{hf}{hf_linear}.weight"] = _tensor(variables[f"{ct2}{ct2_linear}/weight"])
-            tensors[f"{hf}{hf_linear}.bias"] = _tensor(variables[f"{ct2}{ct2_linear}/bias"])
+            tensors[f"{hf}{hf_linear}.weight"] = _tensor(take(f"{ct2}{ct2_linear}/weight"))
+            tensors[f"{hf}{hf_linear}.bias"] = _tensor(take(f"{ct2}{ct2_linear}/bias"))
+    if unread:
+        raise ValueError(f"encoder arrays the torch encoder does not know: {sorted(unread)[:6]}; not a plain "
+                         f"whisper encoder (use --whisper-encoder ctranslate2)")
     return tensors
 
 

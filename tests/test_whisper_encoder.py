@@ -16,7 +16,7 @@ from alignatt import asr_whisper  # noqa: E402
 from alignatt.asr import load_backend  # noqa: E402
 from alignatt.asr_whisper import WhisperOptions, assemble_whisper_base, resolve_encoder  # noqa: E402
 from alignatt.audio import SAMPLE_RATE_HZ  # noqa: E402
-from alignatt.whisper_encoder import TorchWhisperEncoder, read_ct2_variables  # noqa: E402
+from alignatt.whisper_encoder import TorchWhisperEncoder, encoder_state_dict, read_ct2_variables  # noqa: E402
 
 WAV = Path(__file__).resolve().parents[1] / "data" / "speech" / "two_cities_16k.wav"
 
@@ -95,8 +95,33 @@ def test_the_reader_reads_scalars_and_refuses_what_it_does_not_know(tmp_path):
     assert int(read_ct2_variables(_model_bin(tmp_path / "ok.bin", 6, 2))["num_heads"]) == 8
     with pytest.raises(ValueError, match="model format 3 is not supported"):
         read_ct2_variables(_model_bin(tmp_path / "old.bin", 3, 2))
-    with pytest.raises(ValueError, match="dtype 9"):
+    with pytest.raises(ValueError, match="stored as dtype 9"):
         read_ct2_variables(_model_bin(tmp_path / "odd.bin", 6, 9))
+    with pytest.raises(ValueError, match="stored as int8; the torch encoder reads float16 or float32"):
+        read_ct2_variables(_model_bin(tmp_path / "int8.bin", 6, 1))  # an int8 conversion: values without scales
+
+
+def test_an_array_the_mapping_does_not_know_is_refused_not_ignored(model_dir):
+    variables = read_ct2_variables(model_dir / "model.bin")
+    assert len(encoder_state_dict(variables)) == 3 + 4 + 15 * 6  # convs, positions, final norm; 15 per layer
+    variables["layer_0/self_attention/linear_0/weight_scale"] = np.ones(1536, dtype=np.float32)
+    with pytest.raises(ValueError, match="does not know: .*weight_scale"):
+        encoder_state_dict(variables)
+
+
+def test_bf16_gives_the_same_states_at_one_and_two_threads(model_dir, features):
+    """The sweep's workers run one torch thread, a shell run two: the ASR cache and the tools' equality rely on
+    both transcribing alike."""
+    encoder = TorchWhisperEncoder.from_ct2_dir(model_dir, torch.bfloat16)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = encoder(features)
+        torch.set_num_threads(2)
+        two = encoder(features)
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(one, two)
 
 
 def test_auto_picks_torch_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
@@ -146,7 +171,7 @@ def test_the_asr_cache_key_names_the_encoder_that_ran_not_auto(tmp_path, monkeyp
         monkeypatch.setattr(asr_whisper, "cpu_has_native_bf16", lambda: native_bf16)
         cached, _ = _asr_backend(Namespace(asr_backend="whisper", asr_cache_dir=str(tmp_path)), ModelPool())
         identities.append(cached.identity)
-    assert "encoder='torch-bf16'" in identities[0]
+    assert "encoder='torch-bf16'" in identities[0] and f"torch={torch.__version__}" in identities[0]
     # CTranslate2's encoder keeps the key its entries had before the option existed: committed caches stay valid.
     legacy = repr(WhisperOptions(encoder="ctranslate2")).replace(", encoder='ctranslate2'", "")
     assert identities[1] == f"whisper:{legacy}" and "encoder" not in identities[1].replace("encoder_window", "")
