@@ -403,9 +403,11 @@ def screened_generate_args(screen: ScreenedHead | None, generation: GenerationCo
     session = screen.session(merged, n_prompt_tokens)
     # The caller's config, not the merged one: generate() merges the model's defaults into it as it would have, and
     # a merged max_length (the model's 20) handed back would read as the caller's and warn on every call. The two
-    # processors the session applies are set, not None, so that the model's defaults do not fill them back in.
+    # processors the session applies are set, not None, so that the model's defaults do not fill them back in; the
+    # suppression only where the model has such a default, as generate() turns even [] into a processor that builds
+    # a vocabulary-sized mask at every token.
     stripped = copy.deepcopy(generation)
     stripped.repetition_penalty = 1.0
-    stripped.begin_suppress_tokens = []
+    stripped.begin_suppress_tokens = [] if screen.model.generation_config.begin_suppress_tokens else None
     kwargs = {**generate_kwargs, "logits_processor": LogitsProcessorList([session])}
     return stripped, kwargs, screen.install(session)

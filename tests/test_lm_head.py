@@ -269,3 +269,23 @@ def test_the_first_step_suppression_holds_back_the_token_the_model_would_write_f
     full = EagerDecoder(model, heads).generate(request).token_ids
     screened = EagerDecoder(model, heads, screen).generate(request).token_ids
     assert full[0] != first and screened == full
+
+
+def test_the_suppression_mask_is_built_once_per_generation_not_per_token(monkeypatch):
+    """transformers' processor builds a vocabulary-sized mask at every token even when it suppresses nothing; with
+    the screen it runs once, at the first step."""
+    from transformers import SuppressTokensAtBeginLogitsProcessor
+
+    model = build("gemma3", vocab_size=4096)
+    screen = make_screen(model, "screened", compiled=False)
+    calls = []
+    original = SuppressTokensAtBeginLogitsProcessor.__call__
+    monkeypatch.setattr(SuppressTokensAtBeginLogitsProcessor, "__call__",
+                        lambda self, input_ids, scores: calls.append(input_ids.shape[-1]) or original(self, input_ids,
+                                                                                                      scores))
+    generation = GenerationConfig(max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=1,
+                                  begin_suppress_tokens=[1])
+    ids = list(range(3, 23))
+    tokens = EagerDecoder(model, [HeadRef(1, 0)], screen).generate(Request(input_ids=ids, generation=generation))
+    assert len(tokens.token_ids) > 1 and screen.counts.tokens == len(tokens.token_ids)
+    assert calls == [len(ids)]
