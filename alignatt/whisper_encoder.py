@@ -132,7 +132,6 @@ class TorchWhisperEncoder:
     CTranslate2 does), with its own modules and operations in the same order."""
 
     encoder: torch.nn.Module
-    dtype: torch.dtype
 
     @classmethod
     def from_ct2_dir(cls, model_dir: str | Path, dtype: torch.dtype) -> TorchWhisperEncoder:
@@ -143,7 +142,7 @@ class TorchWhisperEncoder:
         config._attn_implementation = "sdpa"
         encoder = WhisperEncoder(config)
         encoder.load_state_dict(encoder_state_dict(variables), strict=True)
-        return cls(encoder.to(dtype).eval(), dtype)
+        return cls(encoder.to(dtype).eval())
 
     @torch.inference_mode()
     def __call__(self, features: np.ndarray) -> np.ndarray:
@@ -153,7 +152,7 @@ class TorchWhisperEncoder:
         max_frames = 2 * encoder.embed_positions.num_embeddings
         if frames > max_frames or frames % 2:
             raise ValueError(f"whisper's encoder takes an even number of frames up to {max_frames}, got {frames}")
-        x = torch.from_numpy(np.ascontiguousarray(features)).to(self.dtype)
+        x = torch.from_numpy(np.ascontiguousarray(features)).to(encoder.conv1.weight.dtype)
         x = torch.nn.functional.gelu(encoder.conv1(x))
         x = torch.nn.functional.gelu(encoder.conv2(x)).permute(0, 2, 1)
         x = x + encoder.embed_positions.weight[:x.shape[1]]
