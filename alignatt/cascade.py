@@ -21,7 +21,7 @@ from alignatt.baselines import AlignAttPolicy, DraftPolicy, SentenceDecisions
 from alignatt.guards import ends_sentence, strip_sentence_final
 from alignatt.source import SourceOptions, SourceSentence, SourceState, join_sentences
 from alignatt.text_units import split_units
-from alignatt.transcriber import IncrementalTranscriber, TranscriberOptions
+from alignatt.transcriber import IncrementalTranscriber, TranscriberOptions, TranscriptUpdate
 from alignatt.translator import DraftResult, Translator
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,15 @@ class StepReport:
     quota: int | None  # the most units the policy could write in this step (None: no bound; 0: nothing drafted)
     written: str  # text written in this step (final passes and the draft)
     n_drafted_units: int  # the last units of `written` that came from the draft (the rest: final passes)
+
+
+@dataclass(frozen=True)
+class Heard:
+    """One ASR step, ready to be translated."""
+
+    update: TranscriptUpdate
+    heard_s: float  # audio heard when the ASR ran
+    end_of_stream: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,19 +144,47 @@ class Cascade:
 
         A step (ASR + translation) runs once `step_ms` of audio has gathered since the last one.
         """
-        talk = self.talk
         self.last_step = None
+        heard = self.hear(samples, sample_rate_hz)
+        return self.translate(heard) if heard is not None else []
+
+    def finish(self) -> list[str]:
+        """End of stream: commit and translate everything still open; return the remaining units."""
+        heard = self.hear_end()
+        return self.translate(heard) if heard is not None else []
+
+    def hear(self, samples: np.ndarray, sample_rate_hz: int) -> Heard | None:
+        """The ASR half of `push`: gather the chunk and, once a step's worth has gathered, re-transcribe the open
+        audio. It touches only the audio and the transcriber, so it may run (in another thread) while `translate`
+        works on the previous step; the translation is the same as push's as long as every step is translated
+        in order."""
+        talk = self.talk
         talk.unprocessed_s += talk.audio.append(samples, sample_rate_hz) / SAMPLE_RATE_HZ
         # 1 ms slack: a resampled input may lag its nominal chunk length by a fraction of a millisecond.
         if talk.unprocessed_s * 1000.0 < self.options.step_ms - 1.0 or self.heard_s < self.options.min_audio_s:
-            return []
+            return None
         talk.unprocessed_s = 0.0
         update = talk.transcriber.update(talk.audio)
-        talk.source.apply(update)
         talk.audio.discard_before(talk.transcriber.boundary_s)  # committed audio is never read again
+        return Heard(update, self.heard_s)
+
+    def hear_end(self) -> Heard | None:
+        """The ASR half of `finish`: commit every word still open (None when the talk held no audio)."""
+        talk = self.talk
+        talk.audio.finish()
+        if talk.audio.num_samples == 0:
+            return None
+        return Heard(talk.transcriber.finish(talk.audio), self.heard_s, end_of_stream=True)
+
+    def translate(self, heard: Heard) -> list[str]:
+        """The translation half of `push` and `finish`: apply one ASR step and return the units it accepts."""
+        talk = self.talk
+        talk.source.apply(heard.update)
+        if heard.end_of_stream:
+            return self._finish_committed(end_of_stream=True)
         units = self._finish_committed()
         open_sentence = talk.source.open_sentence
-        accessible = talk.source.accessible_units(self.heard_s)
+        accessible = talk.source.accessible_units(heard.heard_s)
         if talk.carried is not None:  # committed, hence heard, and drafted before the open words
             open_sentence = join_sentences(talk.carried, open_sentence)
             accessible += len(talk.carried.units)
@@ -158,18 +195,9 @@ class Cascade:
                 drafted = self._accept(self.policy.accept(step, self.translator, accessible, talk.decisions))
             if drafted:
                 talk.prefix_heard_units = accessible
-        self.last_step = self._report(open_sentence, len(update.committed), accessible, step, skipped, quota,
-                                      units, drafted)
+        self.last_step = self._report(heard.heard_s, open_sentence, len(heard.update.committed), accessible, step,
+                                      skipped, quota, units, drafted)
         return units + drafted
-
-    def finish(self) -> list[str]:
-        """End of stream: commit and translate everything still open; return the remaining units."""
-        talk = self.talk
-        talk.audio.finish()
-        if talk.audio.num_samples == 0:
-            return []
-        talk.source.apply(talk.transcriber.finish(talk.audio))
-        return self._finish_committed(end_of_stream=True)
 
     def _draft(self, sentence: SourceSentence, accessible: int
                ) -> tuple[DraftResult | None, bool, int, int | None]:
@@ -230,11 +258,12 @@ class Cascade:
                 and self.talk.prefix_heard_units > len(sentence.units)
                 and len(sentence.units) < MAX_CARRIED_UNITS)
 
-    def _report(self, sentence: SourceSentence, n_committed: int, accessible: int, step: DraftResult | None,
-                skipped: bool, quota: int | None, finished: list[str], drafted: list[str]) -> StepReport:
+    def _report(self, heard_s: float, sentence: SourceSentence, n_committed: int, accessible: int,
+                step: DraftResult | None, skipped: bool, quota: int | None, finished: list[str],
+                drafted: list[str]) -> StepReport:
         draft = self.translator.continuation_text(step.prompt, step.draft_ids) if step else ""
         return StepReport(
-            heard_s=self.heard_s, transcript=sentence.text, held=self.talk.source.held_text, n_committed=n_committed,
+            heard_s=heard_s, transcript=sentence.text, held=self.talk.source.held_text, n_committed=n_committed,
             n_source_units=len(sentence.units), n_stable_units=sentence.n_stable_units,
             n_accessible_units=accessible, draft=draft, draft_skipped=skipped,
             n_draft_tokens=len(step.draft_ids) if step else 0,

@@ -1,4 +1,6 @@
 """The per-talk cascade on a scripted ASR timeline: commit, finish, append-only output, bounded work."""
+import threading
+
 import numpy as np
 import pytest
 
@@ -331,3 +333,59 @@ def test_a_sentence_the_translation_ran_past_is_finished_with_the_next_one(monke
     # A carried unit stays short: at the bound, the sentence is finished on its own again.
     monkeypatch.setattr("alignatt.cascade.MAX_CARRIED_UNITS", 2)
     assert talk(carry=True)[0] == ["Hallo", "Welt", "Dann", "mehr", "Dann", "mehr", "Wörter"]
+
+
+class ThreadRecordingAsr(TimelineAsr):
+    """Records on which thread each call ran and counts the calls begun."""
+
+    def __init__(self, words):
+        super().__init__(words)
+        self.threads = []
+        self.calls_begun = threading.Condition()
+
+    def transcribe(self, audio, offset_s):
+        with self.calls_begun:
+            self.threads.append(threading.current_thread().name)
+            self.calls_begun.notify_all()
+        return super().transcribe(audio, offset_s)
+
+
+class OverlapCheckingCascade(Cascade):
+    """With `wait_for_next_asr`, a step's translation waits until the ASR of the next step has begun: it shows
+    whether the two ran at the same time (they never do one after the other, so a sequential run must not wait)."""
+
+    def __init__(self, *args, wait_for_next_asr: bool, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.wait_for_next_asr = wait_for_next_asr
+        self.translated = 0
+        self.overlapped = []
+
+    def translate(self, heard):
+        self.translated += 1
+        if self.wait_for_next_asr and not heard.end_of_stream:
+            with self.asr.calls_begun:
+                self.overlapped.append(self.asr.calls_begun.wait_for(
+                    lambda: len(self.asr.threads) > self.translated, timeout=30))
+        return super().translate(heard)
+
+
+def test_the_asr_running_a_step_ahead_writes_the_same_talk(translator):
+    """The demo's pipeline: each step's ASR runs in a thread while the step before it is translated, and the talk's
+    steps and text are those of one step after the other."""
+    from alignatt.demo import feed as play
+
+    samples = np.zeros(8 * SAMPLE_RATE_HZ, dtype=np.float32)
+    runs = {}
+    for pipeline in (False, True):
+        cascade = OverlapCheckingCascade(ThreadRecordingAsr(timeline(TALK)), translator,
+                                         CascadeOptions(step_ms=500, min_audio_s=2.0), wait_for_next_asr=pipeline)
+        pushes = list(play(cascade, samples, SAMPLE_RATE_HZ, speed=0.0, pipeline=pipeline))
+        runs[pipeline] = ([fed.units for fed in pushes], [fed.report for fed in pushes], cascade)
+    (units, reports, sequential), (units_ahead, reports_ahead, ahead) = runs[False], runs[True]
+    assert units_ahead == units and reports_ahead == reports
+    assert sum(map(len, units)) > 5 and sum(report is not None for report in reports) == 13  # 2 s .. 8 s
+    assert set(sequential.asr.threads) == {threading.current_thread().name}
+    assert set(ahead.asr.threads) == {"asr"}
+    # Every step but the end of the stream was translated while the next step's ASR ran (14 ASR calls: 13 steps
+    # and the end).
+    assert len(ahead.asr.threads) == 14 and ahead.overlapped == [True] * 13

@@ -87,8 +87,8 @@ class _Clock:
 
 
 class _TimedCascade:
-    """Stands in for a Cascade whose every step computes `step_compute_s` on `clock`: what `feed` schedules around.
-    It records how much audio each push carried."""
+    """Stands in for a Cascade whose every step computes `step_compute_s` on `clock` (in its ASR half): what `feed`
+    schedules around. It records how much audio each push carried."""
 
     def __init__(self, clock: _Clock, step_compute_s: float, step_ms: float = 850.0):
         self.options = SimpleNamespace(step_ms=step_ms)
@@ -97,14 +97,17 @@ class _TimedCascade:
         self.pushed: list[int] = []
         self.last_step = None
 
-    def push(self, samples, rate):
+    def hear(self, samples, rate):
         self.pushed.append(len(samples))
         self.clock.now_s += self.step_compute_s
-        self.last_step = SimpleNamespace()  # every push runs a step here
-        return ["Wort"]
+        return SimpleNamespace()  # every push runs a step here
 
-    def finish(self):
-        return []
+    def hear_end(self):
+        return None
+
+    def translate(self, heard):
+        self.last_step = SimpleNamespace()
+        return ["Wort"]
 
 
 RATE = 16000
@@ -145,7 +148,7 @@ def test_live_playback_that_keeps_pace_steps_one_chunk_at_a_time(monkeypatch):
 
 
 def test_as_fast_as_the_models_run_the_ca_time_is_the_audio_heard_plus_the_step():
-    fed = demo.Fed(heard_s=2.55, pushed_s=0.85, units=["Es"], compute_s=1.5, wall_s=9.0, report=None)
+    fed = demo.Fed(heard_s=2.55, pushed_s=0.85, units=["Es"], compute_s=1.5, asr_s=0.5, wall_s=9.0, report=None)
     assert fed.emitted_ms(0.0) == 4050.0 and fed.lag_s(0.0) == 0.0
     assert fed.emitted_ms(1.0) == 9000.0 and fed.lag_s(1.0) == 9.0 - 2.55  # live: when it appeared
 

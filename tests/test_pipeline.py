@@ -1,0 +1,61 @@
+"""alignatt.pipeline.run_ahead: the ASR of the next step computed in a thread while this one is translated."""
+import threading
+
+import pytest
+
+from alignatt.pipeline import run_ahead
+
+
+def test_items_come_in_order_and_all_of_them():
+    assert list(run_ahead(iter(range(50)))) == list(range(50))
+    assert list(run_ahead(iter([]))) == []
+
+
+def test_the_next_item_is_computed_while_the_consumer_works_on_this_one():
+    consumer_busy = threading.Event()
+    overlapped = []
+
+    def produce():
+        for index in range(3):
+            if index:  # the consumer holds item index-1 now: this one must be made meanwhile, not after
+                overlapped.append(consumer_busy.wait(timeout=10))
+            yield index
+
+    for _ in run_ahead(produce()):
+        consumer_busy.set()
+        threading.Event().wait(0.05)  # the consumer's work
+        consumer_busy.clear()
+    assert overlapped == [True, True]
+
+
+def test_an_error_in_the_producer_is_raised_at_its_item():
+    def produce():
+        yield 1
+        yield 2
+        raise RuntimeError("ASR failed on the third chunk")
+
+    got = []
+    with pytest.raises(RuntimeError, match="third chunk"):
+        for item in run_ahead(produce()):
+            got.append(item)
+    assert got == [1, 2]
+
+
+def test_a_consumer_that_stops_early_stops_the_producer():
+    produced = []
+
+    def produce():
+        for index in range(1000):
+            produced.append(index)
+            yield index
+
+    items = run_ahead(produce(), depth=2, name="stops-early")
+    assert next(items) == 0
+    items.close()  # joins the worker
+    assert len(produced) <= 4  # the one taken, two queued, one blocked in put
+    assert not any(thread.name == "stops-early" for thread in threading.enumerate())
+
+
+def test_depth_must_be_positive():
+    with pytest.raises(ValueError, match="depth"):
+        list(run_ahead(iter([1]), depth=0))
