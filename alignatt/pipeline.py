@@ -1,5 +1,5 @@
-"""Run an iterator ahead of its consumer, in a thread: the cascade's ASR of the next step while the translator
-works on this one.
+"""Run an iterator one item ahead of its consumer, in a thread: the cascade's ASR of the next step while the
+translator works on this one.
 
 On a CPU the two halves of a step are different kinds of work: the ASR's encoder is compute-bound and the
 translator's decode steps are bound by memory traffic and Python overhead, so on two cores the two overlap well.
@@ -13,7 +13,7 @@ from typing import Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 _END = object()
-_POLL_S = 0.1  # how often a blocked producer checks whether the consumer has gone
+_POLL_S = 0.1  # how often a waiting producer checks whether the consumer has gone
 
 
 class _Failed:
@@ -21,38 +21,41 @@ class _Failed:
         self.error = error
 
 
-def run_ahead(items: Iterable[T], depth: int = 1, name: str = "run-ahead") -> Iterator[T]:
-    """Yield what `items` yields, in order, while a worker thread computes up to `depth` items ahead.
+def run_ahead(items: Iterable[T], name: str = "run-ahead") -> Iterator[T]:
+    """Yield what `items` yields, in order, while a worker thread computes the next item.
 
-    An exception raised by `items` is raised here, at the item where it happened. If the consumer stops early
-    (an exception, or the generator is closed), the worker stops at its next item."""
-    if depth < 1:
-        raise ValueError("depth must be >= 1")
-    ready: queue.Queue = queue.Queue(maxsize=depth)
+    The worker starts item k+1 when the consumer takes item k, not earlier: an item is never computed long before
+    it is used (live, a step's ASR then hears all the audio that arrived while the step before was translated).
+    An exception raised by `items` is raised here, at the item where it happened. If the consumer stops early (an
+    exception, or the generator is closed), the worker stops once its current item is done."""
+    handoff: queue.Queue = queue.Queue(maxsize=1)
+    taken = threading.Semaphore(0)
     stop = threading.Event()
 
-    def put(item) -> bool:
+    def hand_over(item) -> bool:
+        handoff.put(item)  # never waits: the item before was taken
         while not stop.is_set():
-            try:
-                ready.put(item, timeout=_POLL_S)
+            if taken.acquire(timeout=_POLL_S):
                 return True
-            except queue.Full:
-                continue
         return False
 
     def work() -> None:
         try:
             for item in items:
-                if not put(item):
+                if not hand_over(item):
                     return
-            put(_END)
+            hand_over(_END)
         except BaseException as error:  # handed to the consumer, which raises it
-            put(_Failed(error))
+            hand_over(_Failed(error))
 
     worker = threading.Thread(target=work, name=name, daemon=True)
     worker.start()
     try:
-        while (item := ready.get()) is not _END:
+        while True:
+            item = handoff.get()
+            taken.release()
+            if item is _END:
+                return
             if isinstance(item, _Failed):
                 raise item.error
             yield item

@@ -41,6 +41,23 @@ def test_an_error_in_the_producer_is_raised_at_its_item():
     assert got == [1, 2]
 
 
+def test_the_next_item_is_started_only_once_this_one_is_taken():
+    """Live, a step's ASR must hear all the audio that arrived while the step before was translated: it starts when
+    the translator takes the step before, not as soon as the step before is ready."""
+    events = []
+
+    def produce():
+        for index in range(4):
+            events.append(("start", index))
+            yield index
+
+    for item in run_ahead(produce()):
+        events.append(("took", item))
+        threading.Event().wait(0.02)  # the consumer's work
+    for index in range(1, 4):
+        assert events.index(("took", index - 1)) < events.index(("start", index))
+
+
 def test_a_consumer_that_stops_early_stops_the_producer():
     produced = []
 
@@ -49,13 +66,8 @@ def test_a_consumer_that_stops_early_stops_the_producer():
             produced.append(index)
             yield index
 
-    items = run_ahead(produce(), depth=2, name="stops-early")
+    items = run_ahead(produce(), name="stops-early")
     assert next(items) == 0
     items.close()  # joins the worker
-    assert len(produced) <= 4  # the one taken, two queued, one blocked in put
+    assert len(produced) <= 2  # the one taken and the one begun meanwhile
     assert not any(thread.name == "stops-early" for thread in threading.enumerate())
-
-
-def test_depth_must_be_positive():
-    with pytest.raises(ValueError, match="depth"):
-        list(run_ahead(iter([1]), depth=0))
