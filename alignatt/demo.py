@@ -95,10 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "one computed, so the demo keeps pace with the speaker on a slow machine; with "
                            "--no-catch-up every step takes one chunk, and the demo falls further behind at each "
                            "slow step (default: on)")
-    demo.add_argument("--pipeline", action=argparse.BooleanOptionalAction, default=True,
+    demo.add_argument("--pipeline", action=argparse.BooleanOptionalAction, default=None,
                       help="the ASR of the next step runs while the translator works on this one (on two cores the "
                            "two overlap: the same steps and text at --speed 0 in less wall time, and live, more "
-                           "steps keep pace); --no-pipeline runs them one after the other (default: on)")
+                           "steps keep pace); --no-pipeline runs them one after the other (default: on where the "
+                           "translator runs on CPU; off on a GPU, where it was never measured)")
     demo.add_argument("--models", choices=("auto", "full", "offline"), default="auto",
                       help="full: Gemma-4-E4B-it + Qwen3-ASR; offline: faster-whisper base + Gemma-3-270M; "
                            "auto (the default): full where those weights are cached")
@@ -325,6 +326,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{Path(args.wav).name}: {duration_s:.1f} s at {rate} Hz, en->{args.target_lang}\nmodels: {models}")
     began = time.perf_counter()
     cascade = build_cascade(args)
+    if args.pipeline is None:
+        args.pipeline = cascade.translator.model.device.type == "cpu"
     print(f"loaded and warmed up in {time.perf_counter() - began:.1f} s; {cascade.options.step_ms:g} ms steps, "
           f"policy {args.policy}, gate {args.gate}")
     playback = play(cascade, samples, rate, args.speed, is_char_level(args.target_lang), args.catch_up,

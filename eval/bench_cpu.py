@@ -14,7 +14,7 @@ cumulative time of each component's entry point is reported:
   mt.draft    a whole draft (prompt + generate + replay + gate)
   final       final passes of committed sentences (generation without capture)
 RTF = wall time / audio; with --pipeline the ASR of the next step runs in a thread while this one is translated
-(the demo's default), cProfile then sees the translator only and the ASR's time is measured per step. The
+(the demo's default on CPU), cProfile then sees the translator only and the ASR's time is measured per step. The
 translation is printed with a digest, so two settings can be checked for identical
 output. Any agent flag may follow (e.g. --mt-decode static, --whisper-cpu-threads 2).
 """

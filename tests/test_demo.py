@@ -35,6 +35,7 @@ def test_demo_plays_a_talk_and_scores_it_with_omnisteval(checkpoints, tmp_path):
     assert len(steps) >= 5  # 6.9 s of audio, 850 ms steps, translation from 2 s on
     assert any("heard │" in line for line in lines)
     assert any(line.startswith("OmniSTEval: BLEU") and "LongYAAL CU" in line for line in lines)
+    assert any(line.endswith("the ASR running one step ahead of the translator") for line in lines)  # CPU: on
     assert "Warning" not in done.stderr  # no tqdm, transformers or heads warning in the demo's own run
     [hypothesis] = [json.loads(line) for line in (tmp_path / "out" / "hypotheses.jsonl").read_text().splitlines()]
     assert len(hypothesis["delays"]) == len(hypothesis["prediction"].split())
