@@ -170,8 +170,8 @@ def new_key_index(positions: torch.Tensor, key_len: int) -> torch.Tensor:
 
 
 class SdpaOverride:
-    """Puts a wrapper behind the name "sdpa" and later puts back exactly what was registered before
-    (a process-local override, or nothing over transformers' global function)."""
+    """Puts a wrapper behind the name "sdpa" and later puts back what was registered before (a process-local
+    override, or transformers' global function)."""
 
     def __init__(self):
         self.stock = None  # the function the wrapper must call
@@ -193,10 +193,10 @@ class SdpaOverride:
         if not self.installed:
             return
         had_local, previous = self._saved
-        if had_local:
-            ALL_ATTENTION_FUNCTIONS[ATTENTION_NAME] = previous
-        else:
-            del ALL_ATTENTION_FUNCTIONS[ATTENTION_NAME]
+        # Replaced, never deleted: another thread (the ASR, one step ahead in the demo) may be looking the name up,
+        # and transformers' lookup checks for a local entry and then reads it. The global function is what that
+        # lookup finds when there is no local entry.
+        ALL_ATTENTION_FUNCTIONS[ATTENTION_NAME] = previous if had_local else self.stock
         self._saved = None
 
 

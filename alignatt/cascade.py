@@ -123,7 +123,7 @@ class Cascade:
         self.guards = translator.guards
         self.policy = policy or AlignAttPolicy(guards=self.guards)  # decides how much of each draft is written
         self.talk = self._new_talk()
-        self.last_step: StepReport | None = None  # the step the last push() ran (None: it only gathered audio)
+        self.last_step: StepReport | None = None  # the step the last push() or translate() ran (None: none ran)
 
     def _new_talk(self) -> TalkState:
         return TalkState(audio=AudioBuffer(), transcriber=IncrementalTranscriber(self.asr, self.transcriber_options),
@@ -157,7 +157,7 @@ class Cascade:
         """The ASR half of `push`: gather the chunk and, once a step's worth has gathered, re-transcribe the open
         audio. It touches only the audio and the transcriber, so it may run (in another thread) while `translate`
         works on the previous step; the translation is the same as push's as long as every step is translated
-        in order."""
+        in order. `reset` must not run meanwhile."""
         talk = self.talk
         talk.unprocessed_s += talk.audio.append(samples, sample_rate_hz) / SAMPLE_RATE_HZ
         # 1 ms slack: a resampled input may lag its nominal chunk length by a fraction of a millisecond.

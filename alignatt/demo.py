@@ -187,7 +187,6 @@ class _Chunk:
     heard_s: float  # audio pushed so far
     pushed_s: float  # audio this push carried
     asr_s: float
-    end_of_stream: bool = False
 
 
 def _hear_chunks(cascade: Cascade, samples: np.ndarray, rate: int, speed: float, catch_up: bool,
@@ -208,7 +207,7 @@ def _hear_chunks(cascade: Cascade, samples: np.ndarray, rate: int, speed: float,
         offset = end
     began = time.perf_counter()
     heard = cascade.hear_end()
-    yield _Chunk(heard, len(samples) / rate, 0.0, time.perf_counter() - began, end_of_stream=True)
+    yield _Chunk(heard, len(samples) / rate, 0.0, time.perf_counter() - began)
 
 
 def feed(cascade: Cascade, samples: np.ndarray, rate: int, speed: float = 0.0, catch_up: bool = True,
@@ -227,7 +226,7 @@ def feed(cascade: Cascade, samples: np.ndarray, rate: int, speed: float = 0.0, c
         began = time.perf_counter()
         units = cascade.translate(chunk.heard) if chunk.heard is not None else []
         done = time.perf_counter()
-        report = cascade.last_step if chunk.heard is not None and not chunk.end_of_stream else None
+        report = cascade.last_step if chunk.heard is not None and not chunk.heard.end_of_stream else None
         yield Fed(chunk.heard_s, chunk.pushed_s, units, chunk.asr_s + done - began, chunk.asr_s, done - start, report)
 
 

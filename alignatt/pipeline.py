@@ -24,10 +24,11 @@ class _Failed:
 def run_ahead(items: Iterable[T], name: str = "run-ahead") -> Iterator[T]:
     """Yield what `items` yields, in order, while a worker thread computes the next item.
 
-    The worker starts item k+1 when the consumer takes item k, not earlier: an item is never computed long before
-    it is used (live, a step's ASR then hears all the audio that arrived while the step before was translated).
-    An exception raised by `items` is raised here, at the item where it happened. If the consumer stops early (an
-    exception, or the generator is closed), the worker stops once its current item is done."""
+    The worker starts item k+1 when the consumer takes item k, not earlier, so an item is never computed long
+    before it is used: live, a step's ASR starts when the translator turns to the step before it, and hears all the
+    audio that arrived until then. An exception raised by `items` is raised here, at the item where it happened. If
+    the consumer stops early (an exception, or the generator is closed), the worker stops once its current item is
+    done, and closes `items`."""
     handoff: queue.Queue = queue.Queue(maxsize=1)
     taken = threading.Semaphore(0)
     stop = threading.Event()
@@ -40,13 +41,18 @@ def run_ahead(items: Iterable[T], name: str = "run-ahead") -> Iterator[T]:
         return False
 
     def work() -> None:
+        iterator = iter(items)
         try:
-            for item in items:
+            for item in iterator:
                 if not hand_over(item):
                     return
             hand_over(_END)
         except BaseException as error:  # handed to the consumer, which raises it
             hand_over(_Failed(error))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:  # a generator's own cleanup runs here, not later in whatever thread collects it
+                close()
 
     worker = threading.Thread(target=work, name=name, daemon=True)
     worker.start()
@@ -61,4 +67,5 @@ def run_ahead(items: Iterable[T], name: str = "run-ahead") -> Iterator[T]:
             yield item
     finally:
         stop.set()
-        worker.join()
+        if threading.current_thread() is not worker:  # the garbage collector may close this generator anywhere
+            worker.join()

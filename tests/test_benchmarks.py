@@ -1,11 +1,18 @@
-"""Smoke runs of the GPU benchmarks in their CPU --tiny mode: they run end to end and report what they
-claim (the numbers themselves are only meaningful on a GPU, see eval/results/)."""
+"""Smoke runs of the benchmarks: the GPU ones in their CPU --tiny mode, the CPU ones on small models. They run end
+to end and report what they claim (the numbers themselves are only meaningful on their hardware, see
+eval/results/)."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from agent_fixtures import SPEECH_DIR, save_tiny_checkpoints
 from eval import bench_chunk, bench_decode, bench_lm_head
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -84,3 +91,28 @@ def test_bench_lm_head_times_both_heads_on_the_same_tokens(tmp_path):
     result = bench_lm_head.main(["--rounds", "1", "--tokens", "4", "--out", str(out)])
     assert result["same_tokens"] and 0 < result["screened_tokens"] <= 2 * 4
     assert set(json.loads(out.read_text())["ms_per_token_median"]) == {"full", "screened"}
+
+
+def test_bench_cpu_gives_the_same_translation_with_the_asr_a_step_ahead(tmp_path):
+    """eval.bench_cpu through the demo's code path, on tiny checkpoints: one half after the other and pipelined
+    write the same text, and the report says which ran and what was measured."""
+    checkpoints = save_tiny_checkpoints(tmp_path / "models")
+    reports = {}
+    for mode in ("sequential", "pipelined"):
+        out = tmp_path / f"{mode}.json"
+        done = subprocess.run(
+            [sys.executable, "-m", "eval.bench_cpu", "--seconds", "6", "--out", str(out),
+             *(["--pipeline"] if mode == "pipelined" else []),
+             "--models", "full", "--wav", str(SPEECH_DIR / "simuleval_test.wav"), "--target-lang", "de",
+             *checkpoints.agent_flags(), "--mt-max-final-tokens", "12", "--mt-max-draft-tokens", "6"],
+            capture_output=True, text=True, timeout=600, cwd=REPO)
+        assert done.returncode == 0, done.stderr[-3000:]
+        reports[mode] = json.loads(out.read_text())
+    sequential, pipelined = reports["sequential"], reports["pipelined"]
+    assert sequential["translation"] and pipelined["translation_sha1"] == sequential["translation_sha1"]
+    assert (sequential["pipeline"], pipelined["pipeline"]) == (False, True)
+    assert sequential["steps"] == pipelined["steps"] == 5  # 2 s .. 6 s of audio in 850 ms steps
+    for report in reports.values():
+        assert report["rtf"] == pytest.approx(report["wall_s"] / report["audio_s"], abs=1e-3)
+        assert report["compute_s"] >= report["asr_ms_per_step"] * report["steps"] / 1000 > 0
+    assert "asr" in sequential["components_s"] and "asr" not in pipelined["components_s"]  # another thread's

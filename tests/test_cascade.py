@@ -362,10 +362,10 @@ class OverlapCheckingCascade(Cascade):
 
     def translate(self, heard):
         self.translated += 1
-        if self.wait_for_next_asr and not heard.end_of_stream:
+        if self.wait_for_next_asr and not heard.end_of_stream and all(self.overlapped):  # one miss is enough
             with self.asr.calls_begun:
                 self.overlapped.append(self.asr.calls_begun.wait_for(
-                    lambda: len(self.asr.threads) > self.translated, timeout=30))
+                    lambda: len(self.asr.threads) > self.translated, timeout=5))
         return super().translate(heard)
 
 

@@ -13,17 +13,20 @@ def test_items_come_in_order_and_all_of_them():
 
 def test_the_next_item_is_computed_while_the_consumer_works_on_this_one():
     consumer_busy = threading.Event()
+    started = {index: threading.Event() for index in range(3)}
     overlapped = []
 
     def produce():
         for index in range(3):
-            if index:  # the consumer holds item index-1 now: this one must be made meanwhile, not after
-                overlapped.append(consumer_busy.wait(timeout=10))
+            if index:  # the consumer holds item index-1 until this one has begun
+                overlapped.append(consumer_busy.wait(timeout=5))
+            started[index].set()
             yield index
 
-    for _ in run_ahead(produce()):
+    for item in run_ahead(produce()):
         consumer_busy.set()
-        threading.Event().wait(0.05)  # the consumer's work
+        if item < 2:  # the consumer's work lasts until the next item has begun (or the wait gives up)
+            started[item + 1].wait(timeout=5)
         consumer_busy.clear()
     assert overlapped == [True, True]
 
@@ -41,9 +44,9 @@ def test_an_error_in_the_producer_is_raised_at_its_item():
     assert got == [1, 2]
 
 
-def test_the_next_item_is_started_only_once_this_one_is_taken():
-    """Live, a step's ASR must hear all the audio that arrived while the step before was translated: it starts when
-    the translator takes the step before, not as soon as the step before is ready."""
+def test_the_next_item_is_started_only_once_this_one_is_asked_for():
+    """Live, a step's ASR must hear all the audio that arrived until the translator turned to the step before it:
+    it starts when the translator asks for the step before, not as soon as that one is ready."""
     events = []
 
     def produce():
@@ -51,23 +54,33 @@ def test_the_next_item_is_started_only_once_this_one_is_taken():
             events.append(("start", index))
             yield index
 
-    for item in run_ahead(produce()):
-        events.append(("took", item))
-        threading.Event().wait(0.02)  # the consumer's work
+    items = run_ahead(produce())
+    for index in range(4):
+        threading.Event().wait(0.02)  # the consumer's work on the item before
+        events.append(("asking", index))
+        assert next(items) == index
+    assert list(items) == []
     for index in range(1, 4):
-        assert events.index(("took", index - 1)) < events.index(("start", index))
+        assert events.index(("asking", index - 1)) < events.index(("start", index))
 
 
-def test_a_consumer_that_stops_early_stops_the_producer():
-    produced = []
+def test_a_consumer_that_stops_early_stops_the_producer_and_closes_its_items():
+    produced, closed = [], threading.Event()
 
     def produce():
-        for index in range(1000):
-            produced.append(index)
-            yield index
+        try:
+            for index in range(1000):
+                produced.append(index)
+                yield index
+        finally:
+            closed.set()
 
     items = run_ahead(produce(), name="stops-early")
     assert next(items) == 0
-    items.close()  # joins the worker
+    closer = threading.Thread(target=items.close)  # joins the worker: a worker that never stops must not hang here
+    closer.start()
+    closer.join(timeout=10)
+    assert not closer.is_alive()
     assert len(produced) <= 2  # the one taken and the one begun meanwhile
+    assert closed.is_set()
     assert not any(thread.name == "stops-early" for thread in threading.enumerate())
