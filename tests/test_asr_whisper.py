@@ -158,7 +158,10 @@ def test_a_fitted_encoder_window_sees_fewer_frames_and_hears_nearly_the_same_wor
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(WhisperModel, "encode", recording)  # what the fitted model hands on to the encoder
         words = fitted.transcribe(window, offset_s=0.0)
-    assert frames_seen == [1500]  # 12 s of audio + 3 s of padding, not whisper's 3000
+    assert frames_seen[0] == 1500  # 12 s of audio + 3 s of padding, not whisper's 3000
+    # Where the first decode ends on a timestamp before the audio does, faster-whisper encodes the rest again (its
+    # own seek; seen on an AMD CPU, whose int8 rounding gives other tokens): fitted too, at its 10 s minimum.
+    assert all(1000 <= frames < 3000 for frames in frames_seen[1:])
     full = backend.transcribe(window, offset_s=0.0)  # whisper's 30 s window
     matcher = difflib.SequenceMatcher(a=normalised(words), b=normalised(full), autojunk=False)
     assert matcher.ratio() > 0.9  # other transcripts, but not other speech (seen: one extra "in")

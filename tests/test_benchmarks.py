@@ -113,6 +113,6 @@ def test_bench_cpu_gives_the_same_translation_with_the_asr_a_step_ahead(tmp_path
     assert (sequential["pipeline"], pipelined["pipeline"]) == (False, True)
     assert sequential["steps"] == pipelined["steps"] == 5  # 2 s .. 6 s of audio in 850 ms steps
     for report in reports.values():
-        assert report["rtf"] == pytest.approx(report["wall_s"] / report["audio_s"], abs=1e-3)
+        assert report["rtf"] == pytest.approx(report["wall_s"] / report["audio_s"], abs=2e-3)  # both rounded
         assert report["compute_s"] >= report["asr_ms_per_step"] * report["steps"] / 1000 > 0
     assert "asr" in sequential["components_s"] and "asr" not in pipelined["components_s"]  # another thread's

@@ -101,7 +101,7 @@ class _TimedCascade:
     def hear(self, samples, rate):
         self.pushed.append(len(samples))
         self.clock.now_s += self.step_compute_s
-        return SimpleNamespace()  # every push runs a step here
+        return SimpleNamespace(end_of_stream=False)  # every push runs a step here
 
     def hear_end(self):
         return None

@@ -57,7 +57,9 @@ def test_the_torch_encoder_computes_what_ctranslate2_computes_from_the_same_weig
     states = encoder(features)
     assert states.shape == ct2_float32.shape == (1, 1500, 512)
     scale = np.abs(ct2_float32).max()  # about 24
-    assert np.abs(states - ct2_float32).max() < 1e-4 * scale  # float32 rounding, not a mapping error
+    # float32 rounding, not a mapping error (which would be of the order of the scale): the two libraries sum in
+    # other orders, and how far apart that puts them depends on the CPU (1.02e-4 of the scale on an AMD EPYC).
+    assert np.abs(states - ct2_float32).max() < 2e-4 * scale
     # transformers' own forward (which takes exactly 3000 frames) gives the same bits as the sliced one.
     with torch.inference_mode():
         own = encoder.encoder(torch.from_numpy(features)).last_hidden_state.numpy()
