@@ -294,13 +294,13 @@ def summary(args: argparse.Namespace, playback: Playback, duration_s: float) -> 
              f"in {playback.steps} steps; compute {playback.compute_s:.1f} s (ASR {playback.asr_s:.1f} s), "
              f"RTF {playback.compute_s / duration_s:.2f}"]
     live = args.speed > 0
-    if not live:
-        overlap = ", the ASR running one step ahead of the translator" if args.pipeline else ""
-        lines.append(f"wall {playback.wall_s:.1f} s, RTF {playback.wall_s / duration_s:.2f}{overlap}")
     if live:
         keeping = "catching up" if args.catch_up else "one chunk per step"
         lines.append(f"live at {args.speed:g}x ({keeping}): at most {playback.max_lag_s:.1f} s of audio behind the "
                      f"speaker (the final passes after the last word included)")
+    else:
+        overlap = ", the ASR running one step ahead of the translator" if args.pipeline else ""
+        lines.append(f"wall {playback.wall_s:.1f} s, RTF {playback.wall_s / duration_s:.2f}{overlap}")
     if emission.units:
         when = "when it appeared" if live else "counting its step's compute"
         lines.append(f"first unit written at {emission.cu_ms[0] / 1000:.2f} s of audio "

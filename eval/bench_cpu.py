@@ -17,7 +17,8 @@ cumulative time of each component's entry point is reported:
 RTF = wall time / audio. The steps run one after the other unless --pipeline is given: then the ASR of the next
 step runs in a thread while this one is translated (the demo's default on CPU), and cProfile sees the translator
 only. asr_ms_per_step is the ASR half's wall time in both cases. The translation is printed with a digest, so two
-settings can be checked for identical output. Any agent flag may follow (e.g. --mt-decode static, --whisper-cpu-threads 2).
+settings can be checked for identical output. Any agent flag may follow (e.g. --mt-decode static,
+--whisper-cpu-threads 2).
 """
 from __future__ import annotations
 
