@@ -58,7 +58,7 @@ class WhisperOptions:
                 "AMX or AVX-512 BF16, else ctranslate2"})
     encoder_window: str = field(default="30s", metadata={
         "help": "30s: whisper's own window, every window padded to 30 s; fit: the window's audio plus "
-                "--whisper-fit-padding-ms (the ASR about 2x faster on CPU at the same word error rate, "
+                "--whisper-fit-padding-ms (the ASR 1.5-2x faster on CPU at the same word error rate, "
                 "eval/results/asr/README.md; the demo's default)"})
     fit_padding_ms: float = field(default=3000.0, metadata={
         "help": "padding the encoder sees after the audio under --whisper-encoder-window fit"})

@@ -110,7 +110,9 @@ def main() -> None:
     translation = join_units(units, is_char_level(demo_args.target_lang))
     result = {
         "wav": Path(demo_args.wav).name, "audio_s": round(audio_s, 2), "step_ms": cascade.options.step_ms,
-        "models": demo_args.models, "flags": agent_flags, "torch_threads": torch.get_num_threads(),
+        "models": demo_args.models, "flags": agent_flags,
+        "whisper_encoder_window": getattr(demo_args, "whisper_encoder_window", None),
+        "torch_threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "cpu": platform.processor() or platform.machine(),
         "n_cpus": os.cpu_count(), "load_s": round(load_s, 1), "pipeline": args.pipeline, "steps": len(steps),
         "wall_s": round(wall_s, 2), "rtf": round(wall_s / audio_s, 3),
