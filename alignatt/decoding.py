@@ -28,7 +28,8 @@ from transformers import CompileConfig, GenerationConfig, StaticCache, StoppingC
 from transformers.cache_utils import StaticLayer
 
 from alignatt.capture import HeadRef, capture_heads
-from alignatt.lm_head import LM_HEAD_MODES, ScreenedHead, make_screen, screened_generate_args
+from alignatt.lm_head import LM_HEAD_MODES, ScreenedHead, make_screen, merged_generation_config, screened_generate_args
+from alignatt.lookahead import NgramProposer, accepted_prefix, as_id_list, greedy_tokens, head_by_columns
 from alignatt.static_capture import StaticQKCapture
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,10 @@ class DecodeConfig:
     lm_head: str = field(default="auto", metadata={
         "help": "greedy decoding's LM head: auto (screened on CPU where its check passes and it pays), full (the "
                 "fp32 head), screened (int8 screen + fp32 candidates; the same greedy tokens as full)"})
+    lookahead_tokens: int = field(default=0, metadata={
+        "help": "static path with the screened head: propose up to this many first tokens of each call from what "
+                "followed the prompt's last words in earlier calls, and verify them with the prompt in one forward "
+                "pass (0: off); the same greedy tokens, up to the rounding of a pass over several tokens"})
 
     def __post_init__(self):
         if self.decode not in DECODE_MODES:
@@ -87,6 +92,8 @@ class DecodeConfig:
             raise ValueError(f"lm_head must be one of {LM_HEAD_MODES}, got {self.lm_head!r}")
         if self.max_cache_tokens < 32:
             raise ValueError(f"max_cache_tokens must be at least 32, got {self.max_cache_tokens}")
+        if self.lookahead_tokens < 0:
+            raise ValueError(f"lookahead_tokens must be >= 0, got {self.lookahead_tokens}")
 
     def resolved(self, device: torch.device) -> str:
         return resolve_decode_mode(self.decode, device)
@@ -130,9 +137,15 @@ def _generate_kwargs(request: Request, read: Callable[[int], object]) -> dict:
     """The request's generate() arguments, with its stop callback added to its stopping criteria."""
     if request.stop_when is None:
         return request.generate_kwargs
-    watch = _CaptureWatch(read, request.stop_when, len(request.input_ids))
-    criteria = StoppingCriteriaList([*request.generate_kwargs.get("stopping_criteria", ()), watch])
-    return {**request.generate_kwargs, "stopping_criteria": criteria}
+    return {**request.generate_kwargs, "stopping_criteria": _stopping_criteria(request, read)}
+
+
+def _stopping_criteria(request: Request, read: Callable[[int], object]) -> StoppingCriteriaList:
+    """The request's stopping criteria and its stop callback (which counts the tokens after the request's prompt)."""
+    criteria = list(request.generate_kwargs.get("stopping_criteria", ()))
+    if request.stop_when is not None:
+        criteria.append(_CaptureWatch(read, request.stop_when, len(request.input_ids)))
+    return StoppingCriteriaList(criteria)
 
 
 @dataclass(frozen=True)
@@ -241,6 +254,8 @@ class StaticDecoder:
         self.capture = StaticQKCapture(model, heads, config.max_cache_tokens)
         self.prompt_kv = PromptKV(model, config.max_cache_tokens)
         self.fallback = EagerDecoder(model, heads, screen)
+        # Not with compiled decoding: an eager pass between graph replays would be the one part left uncompiled.
+        self.proposer = NgramProposer() if config.lookahead_tokens and not compile else None
         self.compile_failed = False
         self._warned_long = False
 
@@ -271,18 +286,59 @@ class StaticDecoder:
             return self.fallback.generate(request)
 
     def _generate_static(self, request: Request) -> Generated:
-        input_ids = torch.tensor([list(request.input_ids)], device=self.model.device)
-        kwargs = _generate_kwargs(request, lambda n_fed: self.capture.sequence(request.capture_from, n_fed))
+        input_ids = list(request.input_ids)
+        read = lambda n_fed: self.capture.sequence(request.capture_from, n_fed)  # noqa: E731
         with self.capture:
-            reused = self.prompt_kv.rewind(request.input_ids, self.config.reuse_prompt_kv)
-            tokens = _run_generate(self.model, input_ids, self._generation_config(request.generation), self.screen,
-                                   **{CACHE_KWARG: self.prompt_kv.cache}, **kwargs)
-        fed = list(request.input_ids) + tokens[:-1]  # the last generated token is never fed back
+            reused = self.prompt_kv.rewind(input_ids, self.config.reuse_prompt_kv)
+            head, finished = self._look_ahead(request, read, reused)
+            rest = []
+            if not finished:
+                generation = request.generation
+                if head:  # generate() goes on after the verified tokens, on the cache the pass filled
+                    self.prompt_kv.rewind(input_ids + head, reuse=True)
+                    generation = after_tokens(generation, len(head))
+                rest = _run_generate(self.model, torch.tensor([input_ids + head], device=self.model.device),
+                                     self._generation_config(generation), self.screen,
+                                     **{CACHE_KWARG: self.prompt_kv.cache}, **_generate_kwargs(request, read))
+        tokens = head + rest
+        fed = input_ids + tokens[:-1]  # the last generated token is never fed back
         self.prompt_kv.fed(fed)
+        if self.proposer is not None:
+            self.proposer.remember(input_ids + tokens)
         captured = None
         if request.capture_from is not None:
             captured = self.capture.sequence(request.capture_from, len(fed))
         return Generated(tokens, captured, reused)
+
+    def _look_ahead(self, request: Request, read: Callable[[int], object], reused: int) -> tuple[list[int], bool]:
+        """The first tokens of the call, verified with the prompt in one pass (none when nothing is proposed or
+        generate() would apply other processors than the two `greedy_tokens` applies), and whether generate()
+        would have stopped within them."""
+        if self.proposer is None or set(request.generate_kwargs) - {"stopping_criteria"}:
+            return [], False
+        merged = merged_generation_config(self.model, request.generation)
+        if merged is None or not ScreenedHead.applies(merged):
+            return [], False
+        input_ids = list(request.input_ids)
+        proposal = self.proposer.propose(input_ids, min(self.config.lookahead_tokens, merged.max_new_tokens - 1))
+        if not proposal:
+            return [], False
+        sequence = input_ids + proposal
+        logits = self._last_logits(sequence, reused, len(proposal) + 1)
+        self.prompt_kv.fed(sequence)
+        head = accepted_prefix(greedy_tokens(logits, sequence, merged), proposal)
+        return _stop_within(head, input_ids, merged, _stopping_criteria(request, read))
+
+    def _last_logits(self, sequence: list[int], reused: int, n_rows: int) -> torch.Tensor:
+        """One forward pass over the positions after the `reused` ones, as generate()'s prefill runs it; the
+        logits of the last `n_rows` positions from the full fp32 head (whose tokens the screen's are)."""
+        ids = torch.tensor([sequence], device=self.model.device)
+        inputs = self.model.prepare_inputs_for_generation(
+            ids, next_sequence_length=len(sequence) - reused, cache=self.prompt_kv.cache,
+            attention_mask=torch.ones_like(ids), position_ids=torch.arange(len(sequence), device=ids.device)[None],
+            use_cache=True, logits_to_keep=n_rows, is_first_iteration=True)
+        with torch.no_grad(), head_by_columns(self.model):
+            return self.model(**inputs, return_dict=True).logits[0, -n_rows:]
 
     def warm_up(self, filler_ids: Sequence[int], generation: GenerationConfig) -> None:
         """Compile the decode step before the talk (with position-indexed caches one graph serves every
@@ -296,6 +352,27 @@ class StaticDecoder:
         self.generate(Request(input_ids=list(filler_ids), generation=generation, capture_from=len(filler_ids) - 1))
         if not self.compile_failed:
             logger.info("decode step compiled in %.1f s", time.perf_counter() - started)
+
+
+def after_tokens(generation: GenerationConfig, n_tokens: int) -> GenerationConfig:
+    """`generation` for a generate() call that goes on after `n_tokens` tokens of the same generation: fewer new
+    tokens, and no suppression of the first token (it is no longer the first)."""
+    generation = copy.deepcopy(generation)
+    generation.max_new_tokens -= n_tokens
+    generation.begin_suppress_tokens = None
+    return generation
+
+
+def _stop_within(head: list[int], input_ids: list[int], merged: GenerationConfig,
+                 criteria: StoppingCriteriaList) -> tuple[list[int], bool]:
+    """`head` up to where generate() would have stopped, token by token (an end token, the token budget, the
+    stopping criteria), and whether it stopped there."""
+    ends = set(as_id_list(merged.eos_token_id))
+    for n_tokens in range(1, len(head) + 1):
+        sequence = torch.tensor([input_ids + head[:n_tokens]])
+        if head[n_tokens - 1] in ends or n_tokens >= merged.max_new_tokens or bool(criteria(sequence, None).any()):
+            return head[:n_tokens], True
+    return head, False
 
 
 def make_decoder(model, heads: Sequence[HeadRef], config: DecodeConfig) -> Decoder:

@@ -258,6 +258,15 @@ class _Session(LogitsProcessor):
         return bool((best_value - margins[best] > rest + margins).all())
 
 
+def merged_generation_config(model, generation: GenerationConfig) -> GenerationConfig | None:
+    """The config generate() will decode with: `generation` with the model's defaults where it says None."""
+    try:
+        return model._prepare_generation_config(generation)[0]
+    except Exception as err:  # a private API: if it changes, decode as plainly as possible rather than guess
+        logger.warning("cannot read generate()'s merged config (%s): full fp32 head, no lookahead", err)
+        return None
+
+
 class ScreenedHead:
     """The screen for one model: its int8 head copy, and what it counted."""
 
@@ -289,12 +298,7 @@ class ScreenedHead:
         return logits
 
     def merged(self, generation: GenerationConfig) -> GenerationConfig | None:
-        """The config generate() will decode with: `generation` with the model's defaults where it says None."""
-        try:
-            return self.model._prepare_generation_config(generation)[0]
-        except Exception as err:  # a private API: if it changes, decode with the full head rather than guess
-            logger.warning("LM head: full fp32 (cannot read generate()'s merged config: %s)", err)
-            return None
+        return merged_generation_config(self.model, generation)
 
     @staticmethod
     def applies(merged: GenerationConfig) -> bool:

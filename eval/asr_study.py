@@ -12,7 +12,7 @@ cascade's own ASR half (`Cascade.hear`: the preset's step, transcriber and sourc
   wer_percent    word error rate of the committed transcript against the English text (jiwer; case and
                  punctuation removed)
   stable_lag_s   mean time from a committed word's end (as the ASR timed it) to the first step at which its
-                 position in the open sentence was among the agreed words, or to its commit if sooner: when the
+                 position in the open sentence was among the agreed words (its commit if it never was): when the
                  frontier could first reach it. Positions are counted from the commit boundary, so where a later
                  hypothesis inserts or drops an earlier word, or a forced commit takes words no hypothesis agreed
                  on, the lag is that of the position, not of the word; agreement may also be withdrawn later.

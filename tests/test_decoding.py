@@ -194,6 +194,8 @@ def test_decode_config():
         DecodeConfig(decode="fast")
     with pytest.raises(ValueError, match="max_cache_tokens must be at least 32"):
         DecodeConfig(max_cache_tokens=0)
+    with pytest.raises(ValueError, match="lookahead_tokens must be >= 0"):
+        DecodeConfig(lookahead_tokens=-1)
     assert DecodeConfig().resolved(torch.device("cpu")) == "eager"
     assert DecodeConfig().resolved(torch.device("cuda")) == "compiled"
     assert isinstance(make_decoder(build("gemma4"), HEADS, DecodeConfig()), EagerDecoder)

@@ -1,0 +1,136 @@
+"""Lookahead on the static path: a call's first tokens proposed from earlier calls and verified in one pass give
+generate()'s tokens and capture with fewer forward passes."""
+import numpy as np
+import pytest
+import torch
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+from alignatt.capture import HeadRef
+from alignatt.decoding import DecodeConfig, Request, StaticDecoder
+from alignatt.lookahead import ColumnHead, NgramProposer, accepted_prefix, greedy_tokens, head_by_columns
+from alignatt.prompt import PromptConfig
+from alignatt.replay import replay
+from alignatt.translator import Translator
+from tiny_models import build_gemma4_conditional
+
+HEADS = [HeadRef(2, 0), HeadRef(5, 1), HeadRef(1, 3), HeadRef(4, 2)]  # full, KV-shared full, sliding, shared
+WORDS = "We propose a new method for simultaneous speech translation with large language models today".split()
+STATIC = dict(decode="static", max_cache_tokens=256)
+
+
+@pytest.fixture(scope="module")
+def gemma_model(gemma_tok):
+    return build_gemma4_conditional(vocab_size=len(gemma_tok))
+
+
+class ForwardCounter:
+    def __init__(self, model):
+        self.count = 0
+        self.handle = model.register_forward_pre_hook(self)
+
+    def __call__(self, module, args):
+        self.count += 1
+
+
+def talk_of_calls(translator: Translator) -> list:
+    """A talk's worth of calls: drafts of a growing source and prefix, a repeated draft, a final pass."""
+    results = []
+    for n_words, prefix in ((4, ""), (6, ""), (6, ""), (9, "Wir"), (12, "Wir schlagen")):
+        result = translator.draft(" ".join(WORDS[:n_words]), n_words - 1, prefix)
+        results.append((result.draft_ids, result.gate.n_accepted_tokens, result.new_text, result.attention))
+    results.append(translator.finish(" ".join(WORDS), "Wir schlagen"))
+    return results
+
+
+def test_lookahead_gives_generates_tokens_and_attention_in_fewer_forward_passes(gemma_model, gemma_tok):
+    plain = Translator(gemma_model, gemma_tok, HEADS, PromptConfig(target_lang="de"),
+                       decode_config=DecodeConfig(**STATIC))
+    looking = Translator(gemma_model, gemma_tok, HEADS, PromptConfig(target_lang="de"),
+                         decode_config=DecodeConfig(**STATIC, lookahead_tokens=4))
+    assert looking.decoder.proposer is not None and plain.decoder.proposer is None
+    counts = []
+    outputs = []
+    for translator in (plain, looking):
+        counter = ForwardCounter(gemma_model)
+        outputs.append(talk_of_calls(translator))
+        counter.handle.remove()
+        counts.append(counter.count)
+    for a, b in zip(*outputs):
+        if isinstance(a, str):
+            assert a == b
+            continue
+        assert a[:3] == b[:3]  # tokens, accepted count, written text
+        assert np.abs(a[3].source - b[3].source).max() < 2e-5  # the gate's attention, up to rounding
+    assert counts[1] < counts[0]
+
+
+class StopAtToken(StoppingCriteria):
+    def __init__(self, n_prompt: int, n_tokens: int):
+        self.n_prompt, self.n_tokens = n_prompt, n_tokens
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((1,), input_ids.shape[1] - self.n_prompt >= self.n_tokens, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("stop_after", [1, 2, 3])
+def test_a_stop_inside_the_verified_tokens_ends_the_call_where_generate_would(gemma_model, stop_after):
+    """The same prompt twice: the second call's proposal is the first call's tokens, so every token is verified in
+    the first pass, and the stopping criteria, the end token and the budget must cut it where generate() did."""
+    prompt = list(range(10, 40))
+    generation = GenerationConfig(max_new_tokens=6, do_sample=False, repetition_penalty=1.05, eos_token_id=[1],
+                                  pad_token_id=0)
+
+    def request(stop: bool) -> Request:
+        kwargs = {"stopping_criteria": StoppingCriteriaList([StopAtToken(len(prompt), stop_after)])} if stop else {}
+        return Request(prompt, generation, capture_from=len(prompt) - 1, generate_kwargs=kwargs,
+                       stop_when=lambda captured, tokens: False)
+
+    plain = StaticDecoder(gemma_model, HEADS, DecodeConfig(**STATIC), compile=False)
+    looking = StaticDecoder(gemma_model, HEADS, DecodeConfig(**STATIC, lookahead_tokens=8), compile=False)
+    whole = plain.generate(request(stop=False)).token_ids
+    looking.generate(request(stop=False))  # remembered: the next call's proposal
+    assert looking.proposer.propose(prompt, 8) == whole
+    counter = ForwardCounter(gemma_model)
+    cut = looking.generate(request(stop=True))
+    counter.handle.remove()
+    assert cut.token_ids == whole[:stop_after]
+    assert counter.count == 1  # the prompt and the proposal in one pass; generate() never ran
+    expected = plain.generate(request(stop=True))
+    assert expected.token_ids == cut.token_ids
+    a, b = replay(expected.captured, HEADS), replay(cut.captured, HEADS)
+    assert np.array_equal(a.row_positions, b.row_positions) and np.abs(a.probs - b.probs).max() < 2e-5
+
+
+def test_the_head_by_columns_gives_the_linear_heads_logits_and_is_removed_after(gemma_model):
+    hidden = torch.randn(1, 5, gemma_model.config.get_text_config().hidden_size)
+    original = gemma_model.lm_head
+    with head_by_columns(gemma_model):
+        assert isinstance(gemma_model.lm_head, ColumnHead)
+        by_columns = gemma_model.lm_head(hidden)
+    assert gemma_model.lm_head is original
+    expected = original(hidden)
+    assert by_columns.shape == expected.shape
+    assert torch.allclose(by_columns, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(by_columns.argmax(-1), expected.argmax(-1))
+
+
+def test_proposals_come_from_the_longest_latest_match():
+    proposer = NgramProposer(history_calls=2, max_ngram=3)
+    proposer.remember([1, 2, 3, 4, 5, 6])
+    proposer.remember([7, 2, 3, 9, 9, 8, 3, 10])
+    assert proposer.propose([0, 2, 3], 2) == [9, 9]  # "2 3" in the latest call beats "3" later in it
+    assert proposer.propose([0, 8, 3], 3) == [10]  # as many as followed
+    assert proposer.propose([0, 1, 2, 3], 2) == [4, 5]  # the longer match of an older call
+    assert proposer.propose([42], 2) == []
+    proposer.remember([0, 0, 0])  # the oldest call is forgotten
+    assert proposer.propose([0, 1, 2, 3], 2) == [9, 9]
+
+
+def test_greedy_tokens_apply_the_penalty_to_earlier_tokens_and_the_suppression_to_the_first_only():
+    logits = torch.tensor([[0.0, 2.0, 1.9, 0.0], [0.0, 2.0, 1.9, 0.0], [0.0, 0.0, 0.0, 3.0]])
+    sequence = [0, 3, 1, 1]  # the prompt [0, 3], then the proposed [1, 1]; row r predicts token r + 1 of the tail
+    penalised = GenerationConfig(repetition_penalty=1.2)
+    assert greedy_tokens(logits, sequence, penalised) == [1, 2, 3]  # 1 is penalised once it was generated
+    assert greedy_tokens(logits, sequence, GenerationConfig(begin_suppress_tokens=[1])) == [2, 1, 3]
+    assert accepted_prefix([1, 2, 3], [1, 1]) == [1, 2]
+    assert accepted_prefix([1, 1, 5], [1, 1]) == [1, 1, 5]
