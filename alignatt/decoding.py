@@ -81,7 +81,7 @@ class DecodeConfig:
         "help": "greedy decoding's LM head: auto (screened on CPU where its check passes and it pays), full (the "
                 "fp32 head), screened (int8 screen + fp32 candidates; the same greedy tokens as full)"})
     lookahead_tokens: int = field(default=0, metadata={
-        "help": "static path with the screened head: propose up to this many first tokens of each call from what "
+        "help": "static path, not compiled: propose up to this many first tokens of each call from what "
                 "followed the prompt's last words in earlier calls, and verify them with the prompt in one forward "
                 "pass (0: off); the same greedy tokens, up to the rounding of a pass over several tokens"})
 
@@ -296,7 +296,7 @@ class StaticDecoder:
                 generation = request.generation
                 if head:  # generate() goes on after the verified tokens, on the cache the pass filled
                     self.prompt_kv.rewind(input_ids + head, reuse=True)
-                    generation = after_tokens(generation, len(head))
+                    generation = after_tokens(generation, len(head), self.model)
                 rest = _run_generate(self.model, torch.tensor([input_ids + head], device=self.model.device),
                                      self._generation_config(generation), self.screen,
                                      **{CACHE_KWARG: self.prompt_kv.cache}, **_generate_kwargs(request, read))
@@ -334,7 +334,7 @@ class StaticDecoder:
         logits of the last `n_rows` positions from the full fp32 head (whose tokens the screen's are)."""
         ids = torch.tensor([sequence], device=self.model.device)
         inputs = self.model.prepare_inputs_for_generation(
-            ids, next_sequence_length=len(sequence) - reused, cache=self.prompt_kv.cache,
+            ids, next_sequence_length=len(sequence) - reused, **{CACHE_KWARG: self.prompt_kv.cache},
             attention_mask=torch.ones_like(ids), position_ids=torch.arange(len(sequence), device=ids.device)[None],
             use_cache=True, logits_to_keep=n_rows, is_first_iteration=True)
         with torch.no_grad(), head_by_columns(self.model):
@@ -354,12 +354,14 @@ class StaticDecoder:
             logger.info("decode step compiled in %.1f s", time.perf_counter() - started)
 
 
-def after_tokens(generation: GenerationConfig, n_tokens: int) -> GenerationConfig:
+def after_tokens(generation: GenerationConfig, n_tokens: int, model) -> GenerationConfig:
     """`generation` for a generate() call that goes on after `n_tokens` tokens of the same generation: fewer new
-    tokens, and no suppression of the first token (it is no longer the first)."""
+    tokens, and no suppression of the first token (it is no longer the first). None would let generate() fill
+    in the model's own begin_suppress_tokens; [] only where there is one, as generate() turns even [] into a
+    processor."""
     generation = copy.deepcopy(generation)
     generation.max_new_tokens -= n_tokens
-    generation.begin_suppress_tokens = None
+    generation.begin_suppress_tokens = [] if model.generation_config.begin_suppress_tokens else None
     return generation
 
 

@@ -72,33 +72,62 @@ class StopAtToken(StoppingCriteria):
         return torch.full((1,), input_ids.shape[1] - self.n_prompt >= self.n_tokens, dtype=torch.bool)
 
 
-@pytest.mark.parametrize("stop_after", [1, 2, 3])
-def test_a_stop_inside_the_verified_tokens_ends_the_call_where_generate_would(gemma_model, stop_after):
-    """The same prompt twice: the second call's proposal is the first call's tokens, so every token is verified in
-    the first pass, and the stopping criteria, the end token and the budget must cut it where generate() did."""
-    prompt = list(range(10, 40))
-    generation = GenerationConfig(max_new_tokens=6, do_sample=False, repetition_penalty=1.05, eos_token_id=[1],
-                                  pad_token_id=0)
+PROMPT = list(range(10, 40))
 
-    def request(stop: bool) -> Request:
-        kwargs = {"stopping_criteria": StoppingCriteriaList([StopAtToken(len(prompt), stop_after)])} if stop else {}
-        return Request(prompt, generation, capture_from=len(prompt) - 1, generate_kwargs=kwargs,
-                       stop_when=lambda captured, tokens: False)
 
-    plain = StaticDecoder(gemma_model, HEADS, DecodeConfig(**STATIC), compile=False)
-    looking = StaticDecoder(gemma_model, HEADS, DecodeConfig(**STATIC, lookahead_tokens=8), compile=False)
-    whole = plain.generate(request(stop=False)).token_ids
-    looking.generate(request(stop=False))  # remembered: the next call's proposal
-    assert looking.proposer.propose(prompt, 8) == whole
+def decoder_pair(model, lookahead_tokens: int = 8) -> tuple[StaticDecoder, StaticDecoder]:
+    return (StaticDecoder(model, HEADS, DecodeConfig(**STATIC), compile=False),
+            StaticDecoder(model, HEADS, DecodeConfig(**STATIC, lookahead_tokens=lookahead_tokens), compile=False))
+
+
+def request(max_new_tokens=6, eos=(1,), stop_after=None, suppress=None) -> Request:
+    generation = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=1.05,
+                                  eos_token_id=list(eos), pad_token_id=0, begin_suppress_tokens=suppress)
+    kwargs = {}
+    if stop_after is not None:
+        kwargs = {"stopping_criteria": StoppingCriteriaList([StopAtToken(len(PROMPT), stop_after)])}
+    return Request(PROMPT, generation, capture_from=len(PROMPT) - 1, generate_kwargs=kwargs,
+                   stop_when=lambda captured, tokens: False)
+
+
+@pytest.mark.parametrize("cut", ["criterion at 1", "criterion at 2", "criterion at 3", "end token", "budget"])
+def test_a_stop_inside_the_verified_tokens_ends_the_call_where_generate_would(gemma_model, cut):
+    """The same prompt twice: the second call's proposal is the first call's tokens, so its first pass verifies
+    them all, and a stopping criterion, the end token or the token budget must cut them where generate() did."""
+    plain, looking = decoder_pair(gemma_model)
+    whole = plain.generate(request()).token_ids
+    looking.generate(request())  # remembered: the next call's proposal
+    assert looking.proposer.propose(PROMPT, 8) == whole and len(set(whole[:2])) == 2
+    if cut.startswith("criterion"):
+        cut_request, n_kept = request(stop_after=int(cut[-1])), int(cut[-1])
+    elif cut == "end token":
+        cut_request, n_kept = request(eos=(whole[1],)), 2
+    else:
+        cut_request, n_kept = request(max_new_tokens=3), 3
     counter = ForwardCounter(gemma_model)
-    cut = looking.generate(request(stop=True))
+    cut_call = looking.generate(cut_request)
     counter.handle.remove()
-    assert cut.token_ids == whole[:stop_after]
+    assert cut_call.token_ids == whole[:n_kept]
     assert counter.count == 1  # the prompt and the proposal in one pass; generate() never ran
-    expected = plain.generate(request(stop=True))
-    assert expected.token_ids == cut.token_ids
-    a, b = replay(expected.captured, HEADS), replay(cut.captured, HEADS)
+    expected = plain.generate(cut_request)
+    assert expected.token_ids == whole[:n_kept]
+    a, b = replay(expected.captured, HEADS), replay(cut_call.captured, HEADS)
     assert np.array_equal(a.row_positions, b.row_positions) and np.abs(a.probs - b.probs).max() < 2e-5
+
+
+def test_a_suppressed_first_token_departs_from_the_proposal_and_generate_goes_on_unsuppressed(gemma_model):
+    """A final pass that must not end at once (begin_suppress_tokens): the proposal's first token is suppressed, so
+    the pass keeps one other token, and generate() continues without suppressing anything more."""
+    plain, looking = decoder_pair(gemma_model)
+    whole = plain.generate(request()).token_ids
+    looking.generate(request())
+    suppressed = request(suppress=[whole[0]])
+    expected = plain.generate(suppressed).token_ids
+    assert expected[0] != whole[0]
+    counter = ForwardCounter(gemma_model)
+    assert looking.generate(suppressed).token_ids == expected
+    counter.handle.remove()
+    assert counter.count == len(expected)  # the pass gave the first token, generate() one pass for each of the rest
 
 
 def test_the_head_by_columns_gives_the_linear_heads_logits_and_is_removed_after(gemma_model):
