@@ -3,13 +3,15 @@
   eager     DynamicCache, eager q/k capture (`QKCapture`). Any device.
   static    StaticCache, graph-safe capture into static buffers (`StaticQKCapture`), and reuse of the
             KV of the longest prefix a call shares with the previous one (instruction, history, unchanged
-            source words).
+            source words); with `lookahead_tokens`, a call's first tokens are verified with its prompt in one
+            pass (`alignatt.lookahead`).
   compiled  static + generate's torch.compile of the decode step (CUDA graphs with mode reduce-overhead).
   auto      compiled on CUDA, eager elsewhere.
 
 Capture never changes the model's outputs: on a given path, logits with and without capture are
 bit-identical. The static paths differ from eager in rounding only (attention over a padded cache, a
-prefix computed by an earlier call), which can flip a near-tied greedy token of a random-init net.
+prefix computed by an earlier call, tokens verified in one pass), which can flip a near-tied greedy token of a
+random-init net.
 """
 from __future__ import annotations
 
