@@ -31,7 +31,7 @@ from transformers.cache_utils import StaticLayer
 
 from alignatt.capture import HeadRef, capture_heads
 from alignatt.lm_head import LM_HEAD_MODES, ScreenedHead, make_screen, merged_generation_config, screened_generate_args
-from alignatt.lookahead import NgramProposer, accepted_prefix, as_id_list, greedy_tokens, head_by_columns
+from alignatt.lookahead import NgramProposer, accepted_prefix, greedy_tokens, head_by_columns
 from alignatt.static_capture import StaticQKCapture
 
 logger = logging.getLogger(__name__)
@@ -354,6 +354,13 @@ class StaticDecoder:
         self.generate(Request(input_ids=list(filler_ids), generation=generation, capture_from=len(filler_ids) - 1))
         if not self.compile_failed:
             logger.info("decode step compiled in %.1f s", time.perf_counter() - started)
+
+
+def as_id_list(token_ids: int | Sequence[int] | None) -> list[int]:
+    """A generation config's token id field (one id, several or none) as a list."""
+    if token_ids is None:
+        return []
+    return [token_ids] if isinstance(token_ids, int) else list(token_ids)
 
 
 def after_tokens(generation: GenerationConfig, n_tokens: int, model) -> GenerationConfig:

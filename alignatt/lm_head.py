@@ -181,12 +181,7 @@ class _Session(LogitsProcessor):
         suppressed = list(generation.begin_suppress_tokens or ())
         vocab_size = screen.quantised.weight.shape[0]
         self.suppressed = torch.tensor([i for i in suppressed if 0 <= i < vocab_size], dtype=torch.long)
-        self.processors = []
-        if self.penalty != 1.0:
-            self.processors.append(RepetitionPenaltyLogitsProcessor(self.penalty))
-        # Applied at the first step only: after it the processor changes nothing, yet builds a vocabulary-sized
-        # mask at every token (about 2 ms for Gemma's 262k rows on CPU).
-        self.first_step = SuppressTokensAtBeginLogitsProcessor(suppressed, n_prompt_tokens) if suppressed else None
+        self.processors, self.first_step = greedy_processors(generation, n_prompt_tokens)
         self.n_prompt_tokens = n_prompt_tokens
         self.pending: _Pending | None = None
 
@@ -258,6 +253,19 @@ class _Session(LogitsProcessor):
         return bool((best_value - margins[best] > rest + margins).all())
 
 
+def greedy_processors(generation: GenerationConfig, n_prompt_tokens: int
+                      ) -> tuple[list[LogitsProcessor], LogitsProcessor | None]:
+    """The logits processors generate() builds for a config `ScreenedHead.applies` accepts: the repetition penalty
+    (every step) and the suppression of begin_suppress_tokens (None when there is none). The suppression is for
+    the first step only: after it, it changes nothing, yet builds a vocabulary-sized mask at every token (about
+    2 ms for Gemma's 262k rows on CPU)."""
+    penalty = float(generation.repetition_penalty or 1.0)
+    processors = [RepetitionPenaltyLogitsProcessor(penalty)] if penalty != 1.0 else []
+    suppressed = list(generation.begin_suppress_tokens or ())
+    first_step = SuppressTokensAtBeginLogitsProcessor(suppressed, n_prompt_tokens) if suppressed else None
+    return processors, first_step
+
+
 def merged_generation_config(model, generation: GenerationConfig) -> GenerationConfig | None:
     """The config generate() will decode with: `generation` with the model's defaults where it says None."""
     try:
@@ -316,12 +324,12 @@ class ScreenedHead:
         """The session of one generate() call that decodes with `merged` (generate()'s merged config)."""
         return _Session(self, merged, n_prompt_tokens)
 
-    def install(self, session: _Session) -> "_Installed":
-        return _Installed(self.model, _ScreenedHeadModule(session))
+    def install(self, session: _Session) -> "InstalledHead":
+        return InstalledHead(self.model, _ScreenedHeadModule(session))
 
 
-class _Installed:
-    """Swaps the model's lm_head for the screened one while a generate() call runs."""
+class InstalledHead:
+    """Swaps the model's lm_head for another module (the screened head, a generate() call long) in a block."""
 
     def __init__(self, model, head: nn.Module):
         self.model = model
@@ -391,7 +399,7 @@ def _declined(mode: str, reason: str, level: int = logging.INFO) -> None:
 
 
 def screened_generate_args(screen: ScreenedHead | None, generation: GenerationConfig, generate_kwargs: dict,
-                           n_prompt_tokens: int) -> tuple[GenerationConfig, dict, "_Installed | None"]:
+                           n_prompt_tokens: int) -> tuple[GenerationConfig, dict, "InstalledHead | None"]:
     """generate()'s config and kwargs with the screen's session, and the head swap to run it under (None: the
     full head, unchanged arguments)."""
     if screen is None or set(generate_kwargs) - SCREENABLE_KWARGS or screen.head_is_hooked():

@@ -20,7 +20,9 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from transformers import GenerationConfig, RepetitionPenaltyLogitsProcessor
+from transformers import GenerationConfig
+
+from alignatt.lm_head import InstalledHead, greedy_processors
 
 MAX_NGRAM = 4  # the longest prompt tail matched (a simulation on the demo talk: 4 and 8 proposal tokens tie)
 HISTORY_CALLS = 8  # sequences of earlier calls searched, the latest first
@@ -69,40 +71,26 @@ class ColumnHead(nn.Module):
 def head_by_columns(model):
     """The model's plain linear lm_head computed by `ColumnHead` inside the block (other heads unchanged)."""
     original = getattr(model, "lm_head", None)
-    if type(original) is not nn.Linear:
+    with InstalledHead(model, ColumnHead(original)) if type(original) is nn.Linear else contextlib.nullcontext():
         yield
-        return
-    model.lm_head = ColumnHead(original)
-    try:
-        yield
-    finally:
-        model.lm_head = original
-
-
-def as_id_list(token_ids) -> list[int]:
-    if token_ids is None:
-        return []
-    return [token_ids] if isinstance(token_ids, int) else list(token_ids)
 
 
 def greedy_tokens(logits: torch.Tensor, sequence: Sequence[int], generation: GenerationConfig) -> list[int]:
     """The greedy token at each of the last len(logits) positions of `sequence` (row r predicts the token after
-    position len(sequence) - len(logits) + r), with the two logits processors generate() applies when the screened
-    head runs (`ScreenedHead.applies`): the repetition penalty over every earlier token, and the suppression of
-    `begin_suppress_tokens` at the first generated token."""
+    position len(sequence) - len(logits) + r), with the logits processors generate() applies to a config the
+    screened head accepts (`ScreenedHead.applies`): the repetition penalty over every earlier token, and the
+    suppression of `begin_suppress_tokens` at the first generated token."""
     n_rows = logits.shape[0]
     first = len(sequence) - n_rows + 1  # tokens before the first predicted one
-    penalty = generation.repetition_penalty
-    process = RepetitionPenaltyLogitsProcessor(penalty) if penalty is not None and penalty != 1.0 else None
-    suppress = as_id_list(generation.begin_suppress_tokens)
+    processors, first_step = greedy_processors(generation, first)
     tokens = []
     for row in range(n_rows):
+        context = torch.tensor([list(sequence[:first + row])], device=logits.device)
         scores = logits[row:row + 1].float()
-        if process is not None:
-            scores = process(torch.tensor([list(sequence[:first + row])], device=logits.device), scores)
-        if row == 0 and suppress:
-            scores = scores.clone()
-            scores[:, suppress] = -float("inf")
+        for processor in processors:
+            scores = processor(context, scores)
+        if row == 0 and first_step is not None:
+            scores = first_step(context, scores)
         tokens.append(int(scores.argmax(-1)))
     return tokens
 

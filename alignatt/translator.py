@@ -16,7 +16,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig,
                           StoppingCriteriaList, StopStringCriteria)
 
 from alignatt.capture import HeadRef
-from alignatt.decoding import DecodeConfig, Decoder, Request, StopWhen, make_decoder
+from alignatt.decoding import DecodeConfig, Decoder, Request, StopWhen, as_id_list, make_decoder
 from alignatt.devices import resolve_device, resolve_dtype
 from alignatt.gguf_cache import DEFAULT_CACHE_DIR, converted_checkpoint
 from alignatt.guards import (LOOP_STOP_FACTOR, GuardOptions, cut_loop, drop_loop_copies, ends_in_loop,
@@ -155,8 +155,7 @@ class Translator:
 
     def _end_token_ids(self) -> list[int]:
         """EOS ids of the generation config and the tokenizer, plus the template's end-of-turn token."""
-        ids = self.model.generation_config.eos_token_id
-        ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+        ids = as_id_list(self.model.generation_config.eos_token_id)
         candidates = [self.tokenizer.eos_token_id] + [self._vocab_id(token) for token in END_OF_TURN_TOKENS]
         ids += [i for i in candidates if i is not None and i not in ids]
         return ids

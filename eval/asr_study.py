@@ -31,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO_TALK = (REPO / "data" / "speech" / "two_cities_16k.wav", REPO / "data" / "speech" / "two_cities.en.txt")
+from alignatt import demo
+
+DEMO_TALK = (demo.DEFAULT_WAV, demo.DEFAULT_WAV.parent / "two_cities.en.txt")
 HELD_OUT = ("miPjvjWOvI", "rOwZgUjcwB", "wJAPXMIoIG", "ccpXHNfaoy", "csJIsDTYMW", "DyXpuURBMP")
 _NOT_WORD = re.compile(r"[^\w\s']+")
 
@@ -149,16 +150,13 @@ def main(argv: list[str] | None = None) -> None:
     args, agent_flags = parser.parse_known_args(argv)
     agent_flags = [flag for flag in agent_flags if flag != "--"]
 
-    import soundfile
-
-    from alignatt import demo
     from alignatt.factory import build_cascade
 
     agent_args = demo.parse_args(["--speed", "0", *agent_flags])
     cascade = build_cascade(agent_args)
     results = []
     for talk, wav, text in talk_inputs(args):
-        samples, rate = soundfile.read(wav, dtype="float32", always_2d=False)
+        samples, rate = demo.read_talk(str(wav))
         results.append(run_talk(cascade, talk, samples, rate, text.read_text(encoding="utf-8")))
         row = results[-1]
         print(f"{talk}: WER {row.wer_percent:.2f} %, stable lag {row.stable_lag_s} s, commit lag {row.commit_lag_s} s, "
