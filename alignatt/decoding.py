@@ -31,7 +31,8 @@ from transformers.cache_utils import StaticLayer
 
 from alignatt.capture import HeadRef, capture_heads
 from alignatt.lm_head import LM_HEAD_MODES, ScreenedHead, make_screen, merged_generation_config, screened_generate_args
-from alignatt.lookahead import NgramProposer, accepted_prefix, greedy_tokens, head_by_columns
+from alignatt.lookahead import (NgramProposer, RowScores, accepted_prefix, greedy_tokens, head_by_columns, head_tapped,
+                                processed_rows)
 from alignatt.static_capture import StaticQKCapture
 
 logger = logging.getLogger(__name__)
@@ -314,7 +315,7 @@ class StaticDecoder:
 
     def _look_ahead(self, request: Request, read: Callable[[int], object], reused: int) -> tuple[list[int], bool]:
         """The first tokens of the call, verified with the prompt in one pass (none when nothing is proposed or
-        generate() would apply other processors than the two `greedy_tokens` applies), and whether generate()
+        generate() would apply other processors than the two `processed_rows` applies), and whether generate()
         would have stopped within them."""
         if self.proposer is None or set(request.generate_kwargs) - {"stopping_criteria"}:
             return [], False
@@ -326,21 +327,35 @@ class StaticDecoder:
         if not proposal:
             return [], False
         sequence = input_ids + proposal
-        logits = self._last_logits(sequence, reused, len(proposal) + 1)
+        scores_of = self._row_scores(sequence, reused, len(proposal) + 1, merged, len(input_ids))
         self.prompt_kv.fed(sequence)
-        head = accepted_prefix(greedy_tokens(logits, sequence, merged), proposal)
+        head = accepted_prefix(greedy_tokens(scores_of, len(proposal) + 1, sequence, self.model.device), proposal)
         return _stop_within(head, input_ids, merged, _stopping_criteria(request, read))
 
-    def _last_logits(self, sequence: list[int], reused: int, n_rows: int) -> torch.Tensor:
-        """One forward pass over the positions after the `reused` ones, as generate()'s prefill runs it; the
-        logits of the last `n_rows` positions from the full fp32 head (whose tokens the screen's are)."""
+    def _row_scores(self, sequence: list[int], reused: int, n_rows: int, merged: GenerationConfig,
+                    n_prompt_tokens: int) -> RowScores:
+        """One forward pass over the positions after the `reused` ones, as generate()'s prefill runs it, and the
+        processed scores of its last `n_rows` positions: from the screened head where it serves (the full head's
+        greedy tokens at about half its cost per row on CPU, and each row only when asked for), else from the full
+        fp32 head, all rows at once."""
+        if self.screen is not None and self.screen.ready():
+            with head_tapped(self.model) as tap:
+                self._forward(sequence, reused, n_rows)
+            return self.screen.processed_rows(tap.hidden[0, -n_rows:], merged, n_prompt_tokens)
+        with head_by_columns(self.model):
+            logits = self._forward(sequence, reused, n_rows).logits[0, -n_rows:]
+        return processed_rows(logits, merged, n_prompt_tokens)
+
+    def _forward(self, sequence: list[int], reused: int, n_rows: int):
+        """The model's forward over `sequence` after its `reused` cached positions, with the head on the last
+        `n_rows`."""
         ids = torch.tensor([sequence], device=self.model.device)
         inputs = self.model.prepare_inputs_for_generation(
             ids, next_sequence_length=len(sequence) - reused, **{CACHE_KWARG: self.prompt_kv.cache},
             attention_mask=torch.ones_like(ids), position_ids=torch.arange(len(sequence), device=ids.device)[None],
             use_cache=True, logits_to_keep=n_rows, is_first_iteration=True)
-        with torch.no_grad(), head_by_columns(self.model):
-            return self.model(**inputs, return_dict=True).logits[0, -n_rows:]
+        with torch.no_grad():
+            return self.model(**inputs, return_dict=True)
 
     def warm_up(self, filler_ids: Sequence[int], generation: GenerationConfig) -> None:
         """Compile the decode step before the talk (with position-indexed caches one graph serves every

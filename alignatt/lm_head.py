@@ -292,18 +292,44 @@ class ScreenedHead:
         return bool(head._forward_hooks or head._forward_pre_hooks or hasattr(head, "_hf_hook")
                     or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks)
 
+    def ready(self) -> bool:
+        """Whether the screen may stand in for the head now: nothing hooks the head, and it still holds the weights
+        the int8 copy was made from (warned once where it does not)."""
+        if self.head_is_hooked():
+            return False
+        if not self.weights_unchanged():
+            if not self.warned_stale:
+                logger.warning("LM head: full fp32 (the head's weights changed since its int8 copy was made)")
+                self.warned_stale = True
+            return False
+        return True
+
     def softcap(self, logit: float) -> float:
         """The model's final soft cap, which it applies after the head (monotone: it keeps every bound)."""
         if self.softcap_value is None or logit in (float("inf"), float("-inf")):
             return logit
         return float(torch.tanh(torch.tensor(logit / self.softcap_value)) * self.softcap_value)
 
+    def capped(self, logits: torch.Tensor) -> torch.Tensor:
+        """What the model's forward makes of its head's output (the soft cap, where it has one)."""
+        if self.softcap_value is None:
+            return logits
+        return torch.tanh(logits / self.softcap_value) * self.softcap_value
+
     def full_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """What the model's forward returns for `hidden` without the screen (head, then the soft cap)."""
-        logits = torch.nn.functional.linear(hidden, self.quantised.weight)
-        if self.softcap_value is not None:
-            logits = torch.tanh(logits / self.softcap_value) * self.softcap_value
-        return logits
+        return self.capped(torch.nn.functional.linear(hidden, self.quantised.weight))
+
+    def processed_rows(self, hidden: torch.Tensor, merged: GenerationConfig, n_prompt_tokens: int):
+        """`alignatt.lookahead.RowScores` for the hidden rows (n_rows, hidden) of one pass: row r's processed scores
+        as generate() would hand them to its greedy choice after the first r generated tokens, with the full head's
+        greedy token, screened like a generate() step (`merged` as `session` takes it)."""
+        session = self.session(merged, n_prompt_tokens)
+
+        def scores_of(row: int, context: torch.Tensor) -> torch.Tensor:
+            logits = self.capped(session.head(hidden[row].view(1, 1, -1)))[:, -1]
+            return session(context, logits)
+        return scores_of
 
     def merged(self, generation: GenerationConfig) -> GenerationConfig | None:
         return merged_generation_config(self.model, generation)
@@ -402,12 +428,7 @@ def screened_generate_args(screen: ScreenedHead | None, generation: GenerationCo
                            n_prompt_tokens: int) -> tuple[GenerationConfig, dict, "InstalledHead | None"]:
     """generate()'s config and kwargs with the screen's session, and the head swap to run it under (None: the
     full head, unchanged arguments)."""
-    if screen is None or set(generate_kwargs) - SCREENABLE_KWARGS or screen.head_is_hooked():
-        return generation, generate_kwargs, None
-    if not screen.weights_unchanged():
-        if not screen.warned_stale:
-            logger.warning("LM head: full fp32 (the head's weights changed since its int8 copy was made)")
-            screen.warned_stale = True
+    if screen is None or set(generate_kwargs) - SCREENABLE_KWARGS or not screen.ready():
         return generation, generate_kwargs, None
     merged = screen.merged(generation)
     if merged is None or not ScreenedHead.applies(merged):

@@ -7,7 +7,9 @@ the draft of step t started, and a final pass repeats the last draft. So each ca
 n-gram that ends its prompt in the sequences earlier calls fed and generated, and proposes what followed it. One
 pass over the new prompt tokens plus the proposal gives the greedy token at every proposed position; the tokens
 agree with the proposal up to some point, and the greedy token after that point comes for free. generate() then
-continues from there on the same cache, as if it had produced those tokens itself.
+continues from there on the same cache, as if it had produced those tokens itself. The pass's head is computed
+one row at a time, through the screened head where it serves (`alignatt.lm_head`), and no further than the first
+row that departs from the proposal.
 
 The tokens are generate()'s own, up to rounding: a pass over several positions sums in another order than one
 token at a time, which can flip a greedy choice or a gate verdict that sits within rounding of a tie.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from typing import Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -75,29 +77,63 @@ def head_by_columns(model):
         yield
 
 
-def greedy_tokens(logits: torch.Tensor, sequence: Sequence[int], generation: GenerationConfig) -> list[int]:
-    """The greedy token at each of the last len(logits) positions of `sequence` (row r predicts the token after
-    position len(sequence) - len(logits) + r), with the logits processors generate() applies to a config the
-    screened head accepts (`ScreenedHead.applies`): the repetition penalty over every earlier token, and the
-    suppression of `begin_suppress_tokens` at the first generated token."""
-    n_rows = logits.shape[0]
-    first = len(sequence) - n_rows + 1  # tokens before the first predicted one
-    processors, first_step = greedy_processors(generation, first)
-    tokens = []
-    for row in range(n_rows):
-        context = torch.tensor([list(sequence[:first + row])], device=logits.device)
+@contextlib.contextmanager
+def head_tapped(model):
+    """A `HiddenTap` in place of the model's lm_head inside the block."""
+    tap = HiddenTap()
+    with InstalledHead(model, tap):
+        yield tap
+
+
+# The processed scores (1, vocab) of row r of a verification pass, given the tokens before the one it predicts
+# (1, n) as generate()'s logits processors see them.
+RowScores = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+class HiddenTap(nn.Module):
+    """Stands in for the lm_head during a pass whose head the caller computes row by row: keeps the hidden rows the
+    head would have received and returns no logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden: torch.Tensor | None = None
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        self.hidden = hidden
+        return hidden[..., :0]
+
+
+def processed_rows(logits: torch.Tensor, generation: GenerationConfig, n_prompt_tokens: int) -> RowScores:
+    """Rows of full logits with the processors generate() applies to a config the screened head accepts
+    (`ScreenedHead.applies`): the repetition penalty over every earlier token, and the suppression of
+    `begin_suppress_tokens` at the first generated token (row 0, after the `n_prompt_tokens` of the prompt)."""
+    processors, first_step = greedy_processors(generation, n_prompt_tokens)
+
+    def scores_of(row: int, context: torch.Tensor) -> torch.Tensor:
         scores = logits[row:row + 1].float()
         for processor in processors:
             scores = processor(context, scores)
         if row == 0 and first_step is not None:
             scores = first_step(context, scores)
-        tokens.append(int(scores.argmax(-1)))
-    return tokens
+        return scores
+    return scores_of
 
 
-def accepted_prefix(greedy: Sequence[int], proposal: Sequence[int]) -> list[int]:
-    """The greedy tokens through the first one that departs from the proposal (all of them if none does)."""
-    for index, (token, proposed) in enumerate(zip(greedy, proposal)):
-        if token != proposed:
-            return list(greedy[:index + 1])
-    return list(greedy[:len(proposal) + 1])
+def greedy_tokens(scores_of: RowScores, n_rows: int, sequence: Sequence[int], device: torch.device | str = "cpu"
+                  ) -> Iterator[int]:
+    """The greedy token at each of the last `n_rows` positions of `sequence`, one row at a time (row r predicts the
+    token after position len(sequence) - n_rows + r), so that a caller who stops early computes no more rows."""
+    first = len(sequence) - n_rows + 1  # tokens before the first predicted one
+    for row in range(n_rows):
+        yield int(scores_of(row, torch.tensor([list(sequence[:first + row])], device=device)).argmax(-1))
+
+
+def accepted_prefix(greedy: Iterable[int], proposal: Sequence[int]) -> list[int]:
+    """The greedy tokens through the first one that departs from the proposal (all of them if none does), read no
+    further than that."""
+    accepted = []
+    for token in greedy:
+        accepted.append(token)
+        if len(accepted) > len(proposal) or token != proposal[len(accepted) - 1]:
+            break
+    return accepted

@@ -1,5 +1,7 @@
 """Lookahead on the static path: a call's first tokens proposed from earlier calls and verified in one pass give
 generate()'s tokens and capture with fewer forward passes."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -7,11 +9,13 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from alignatt.capture import HeadRef
 from alignatt.decoding import DecodeConfig, Request, StaticDecoder
-from alignatt.lookahead import ColumnHead, NgramProposer, accepted_prefix, greedy_tokens, head_by_columns
+from alignatt.lm_head import make_screen
+from alignatt.lookahead import (ColumnHead, NgramProposer, accepted_prefix, greedy_tokens, head_by_columns,
+                                processed_rows)
 from alignatt.prompt import PromptConfig
 from alignatt.replay import replay
 from alignatt.translator import Translator
-from tiny_models import build_gemma4_conditional
+from tiny_models import build, build_gemma4_conditional
 
 HEADS = [HeadRef(2, 0), HeadRef(5, 1), HeadRef(1, 3), HeadRef(4, 2)]  # full, KV-shared full, sliding, shared
 WORDS = "We propose a new method for simultaneous speech translation with large language models today".split()
@@ -158,8 +162,65 @@ def test_proposals_come_from_the_longest_latest_match():
 def test_greedy_tokens_apply_the_penalty_to_earlier_tokens_and_the_suppression_to_the_first_only():
     logits = torch.tensor([[0.0, 2.0, 1.9, 0.0], [0.0, 2.0, 1.9, 0.0], [0.0, 0.0, 0.0, 3.0]])
     sequence = [0, 3, 1, 1]  # the prompt [0, 3], then the proposed [1, 1]; row r predicts token r + 1 of the tail
-    penalised = GenerationConfig(repetition_penalty=1.2)
-    assert greedy_tokens(logits, sequence, penalised) == [1, 2, 3]  # 1 is penalised once it was generated
-    assert greedy_tokens(logits, sequence, GenerationConfig(begin_suppress_tokens=[1])) == [2, 1, 3]
-    assert accepted_prefix([1, 2, 3], [1, 1]) == [1, 2]
+
+    def tokens(config: GenerationConfig) -> list[int]:
+        return list(greedy_tokens(processed_rows(logits, config, 2), 3, sequence))
+    assert tokens(GenerationConfig(repetition_penalty=1.2)) == [1, 2, 3]  # 1 is penalised once it was generated
+    assert tokens(GenerationConfig(begin_suppress_tokens=[1])) == [2, 1, 3]
+
+
+def test_the_accepted_prefix_reads_no_row_past_the_first_departure():
+    read = []
+
+    def greedy(tokens):
+        for token in tokens:
+            read.append(token)
+            yield token
+    assert accepted_prefix(greedy([1, 2, 3]), [1, 1]) == [1, 2] and read == [1, 2]
     assert accepted_prefix([1, 1, 5], [1, 1]) == [1, 1, 5]
+    assert accepted_prefix([7, 1, 5], [1, 1]) == [7]
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "gemma4"])  # gemma4: a soft cap after the head
+def test_a_screened_verification_gives_the_full_heads_tokens_and_never_computes_the_full_head(kind, monkeypatch):
+    """The screened head verifies the proposal row by row: the same tokens as decoding without lookahead, for calls
+    whose proposals hold and calls whose proposals depart at once, and the full fp32 head is never computed for
+    the pass (only the screen's fallback at a near-tie could)."""
+    model = build(kind, vocab_size=4096)
+    config = DecodeConfig(**STATIC, lm_head="screened")
+    plain = StaticDecoder(model, HEADS[:1], config, compile=False, screen=make_screen(model, "screened", False))
+    looking = StaticDecoder(model, HEADS[:1], replace(config, lookahead_tokens=4), compile=False,
+                            screen=make_screen(model, "screened", False))
+    monkeypatch.setattr("alignatt.decoding.head_by_columns", None)  # the full head's path would fail
+    rows = []  # (rows the pass offered, rows read)
+    offered = looking.screen.processed_rows
+
+    def counted(hidden, merged, n_prompt_tokens):
+        scores_of, entry = offered(hidden, merged, n_prompt_tokens), [len(hidden), 0]
+        rows.append(entry)
+
+        def read(row, context):
+            entry[1] += 1
+            return scores_of(row, context)
+        return read
+    monkeypatch.setattr(looking.screen, "processed_rows", counted)
+    generator = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 4096, (24,), generator=generator).tolist() for _ in range(3)]
+    # Repeated prompts (the proposal holds), a cut prompt whose proposal is its own random continuation (departs at
+    # once), a new prompt that ends like an earlier one.
+    calls = [prompts[0], prompts[0], prompts[1], prompts[0][:20], prompts[2] + prompts[0][-6:], prompts[1]]
+    generation = GenerationConfig(max_new_tokens=8, do_sample=False, repetition_penalty=1.05, eos_token_id=1,
+                                  pad_token_id=0, begin_suppress_tokens=[1])
+    passes = []
+    for decoder in (plain, looking):
+        counter = ForwardCounter(model)
+        tokens = [decoder.generate(Request(ids, generation, capture_from=len(ids) - 1)).token_ids for ids in calls]
+        counter.handle.remove()
+        passes.append(counter.count)
+        if decoder is plain:
+            expected = tokens
+    assert tokens == expected
+    assert passes[1] < passes[0]
+    assert any(read == n_rows for n_rows, read in rows)  # a whole proposal held
+    assert any(read < n_rows for n_rows, read in rows)  # rows after a departure were never computed
+    assert looking.screen.counts.fallbacks == 0
