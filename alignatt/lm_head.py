@@ -18,12 +18,16 @@ import copy
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import (RepetitionPenaltyLogitsProcessor,
                                                     SuppressTokensAtBeginLogitsProcessor)
+
+if TYPE_CHECKING:
+    from alignatt.lookahead import RowScores  # which imports this module
 
 logger = logging.getLogger(__name__)
 
@@ -320,7 +324,7 @@ class ScreenedHead:
         """What the model's forward returns for `hidden` without the screen (head, then the soft cap)."""
         return self.capped(torch.nn.functional.linear(hidden, self.quantised.weight))
 
-    def processed_rows(self, hidden: torch.Tensor, merged: GenerationConfig, n_prompt_tokens: int):
+    def processed_rows(self, hidden: torch.Tensor, merged: GenerationConfig, n_prompt_tokens: int) -> RowScores:
         """`alignatt.lookahead.RowScores` for the hidden rows (n_rows, hidden) of one pass: row r's processed scores
         as generate() would hand them to its greedy choice after the first r generated tokens, with the full head's
         greedy token, screened like a generate() step (`merged` as `session` takes it)."""

@@ -7,9 +7,9 @@ the draft of step t started, and a final pass repeats the last draft. So each ca
 n-gram that ends its prompt in the sequences earlier calls fed and generated, and proposes what followed it. One
 pass over the new prompt tokens plus the proposal gives the greedy token at every proposed position; the tokens
 agree with the proposal up to some point, and the greedy token after that point comes for free. generate() then
-continues from there on the same cache, as if it had produced those tokens itself. The pass's head is computed
-one row at a time, through the screened head where it serves (`alignatt.lm_head`), and no further than the first
-row that departs from the proposal.
+continues from there on the same cache, as if it had produced those tokens itself. Where the screened head serves
+(`alignatt.lm_head`), the pass's head is computed one row at a time through it, and no further than the first row
+that departs from the proposal; elsewhere the full head computes every row at once.
 
 The tokens are generate()'s own, up to rounding: a pass over several positions sums in another order than one
 token at a time, which can flip a greedy choice or a gate verdict that sits within rounding of a tie.

@@ -184,16 +184,18 @@ def test_the_accepted_prefix_reads_no_row_past_the_first_departure():
 @pytest.mark.parametrize("kind", ["gemma3", "gemma4"])  # gemma4: a soft cap after the head
 def test_a_screened_verification_gives_the_full_heads_tokens_and_never_computes_the_full_head(kind, monkeypatch):
     """The screened head verifies the proposal row by row: the same tokens as decoding without lookahead, for calls
-    whose proposals hold and calls whose proposals depart at once, and the full fp32 head is never computed for
-    the pass (only the screen's fallback at a near-tie could)."""
+    whose proposals hold, calls whose proposals depart at once and a call whose proposed first token is suppressed;
+    every row read is screened (the full head neither by columns nor unscreened)."""
     model = build(kind, vocab_size=4096)
     config = DecodeConfig(**STATIC, lm_head="screened")
-    plain = StaticDecoder(model, HEADS[:1], config, compile=False, screen=make_screen(model, "screened", False))
-    looking = StaticDecoder(model, HEADS[:1], replace(config, lookahead_tokens=4), compile=False,
-                            screen=make_screen(model, "screened", False))
+
+    def decoder(lookahead_tokens: int = 0) -> StaticDecoder:
+        return StaticDecoder(model, HEADS[:1], replace(config, lookahead_tokens=lookahead_tokens), compile=False,
+                             screen=make_screen(model, "screened", False))
+    plain, looking = decoder(), decoder(lookahead_tokens=4)
     monkeypatch.setattr("alignatt.decoding.head_by_columns", None)  # the full head's path would fail
     rows = []  # (rows the pass offered, rows read)
-    offered = looking.screen.processed_rows
+    offered, counts = looking.screen.processed_rows, looking.screen.counts
 
     def counted(hidden, merged, n_prompt_tokens):
         scores_of, entry = offered(hidden, merged, n_prompt_tokens), [len(hidden), 0]
@@ -201,26 +203,56 @@ def test_a_screened_verification_gives_the_full_heads_tokens_and_never_computes_
 
         def read(row, context):
             entry[1] += 1
-            return scores_of(row, context)
+            screened_before = counts.tokens
+            scores = scores_of(row, context)
+            assert counts.tokens == screened_before + 1  # screened, not the full head's unscreened path
+            return scores
         return read
     monkeypatch.setattr(looking.screen, "processed_rows", counted)
+
+    def request(ids: list[int], suppressed: list[int]) -> Request:
+        generation = GenerationConfig(max_new_tokens=8, do_sample=False, repetition_penalty=1.05, eos_token_id=1,
+                                      pad_token_id=0, begin_suppress_tokens=suppressed)
+        return Request(ids, generation, capture_from=len(ids) - 1)
     generator = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, 4096, (24,), generator=generator).tolist() for _ in range(3)]
+    first_token = decoder().generate(request(prompts[1], [1])).token_ids[0]
     # Repeated prompts (the proposal holds), a cut prompt whose proposal is its own random continuation (departs at
-    # once), a new prompt that ends like an earlier one.
-    calls = [prompts[0], prompts[0], prompts[1], prompts[0][:20], prompts[2] + prompts[0][-6:], prompts[1]]
-    generation = GenerationConfig(max_new_tokens=8, do_sample=False, repetition_penalty=1.05, eos_token_id=1,
-                                  pad_token_id=0, begin_suppress_tokens=[1])
+    # once), a new prompt that ends like an earlier one, a repeated prompt whose proposed first token is suppressed.
+    calls = [(prompts[0], [1]), (prompts[0], [1]), (prompts[1], [1]), (prompts[0][:20], [1]),
+             (prompts[2] + prompts[0][-6:], [1]), (prompts[1], [first_token])]
     passes = []
-    for decoder in (plain, looking):
+    for each in (plain, looking):
         counter = ForwardCounter(model)
-        tokens = [decoder.generate(Request(ids, generation, capture_from=len(ids) - 1)).token_ids for ids in calls]
+        tokens = [each.generate(request(ids, suppressed)).token_ids for ids, suppressed in calls]
         counter.handle.remove()
         passes.append(counter.count)
-        if decoder is plain:
+        if each is plain:
             expected = tokens
     assert tokens == expected
+    assert expected[-1][0] != first_token
     assert passes[1] < passes[0]
     assert any(read == n_rows for n_rows, read in rows)  # a whole proposal held
     assert any(read < n_rows for n_rows, read in rows)  # rows after a departure were never computed
-    assert looking.screen.counts.fallbacks == 0
+    assert counts.fallbacks == 0
+
+
+def test_screened_rows_score_the_winner_as_the_capped_full_head_does():
+    """Row by row, the screened choice and its score are the full head's after the soft cap, the penalty over the
+    earlier tokens and the first-step suppression (hidden rows large enough for the cap to bend the logits)."""
+    model = build("gemma4", vocab_size=4096)
+    screen = make_screen(model, "screened", False)
+    hidden = torch.randn(3, model.config.hidden_size, generator=torch.Generator().manual_seed(1)) * 40
+    full = screen.full_logits(hidden)
+    assert torch.nn.functional.linear(hidden, model.lm_head.weight).max() - full.max() > 5  # the cap bends them
+    leaders = full.topk(2, dim=-1).indices
+    sequence = [5, 6, int(leaders[1, 0]), int(leaders[2, 0]), int(leaders[2, 1])]  # row r's leaders seen before it
+    generation = GenerationConfig(do_sample=False, repetition_penalty=1.3, begin_suppress_tokens=[int(leaders[0, 0])])
+    screened = screen.processed_rows(hidden, generation, n_prompt_tokens=3)
+    expected = processed_rows(full, generation, n_prompt_tokens=3)
+    for row in range(3):
+        context = torch.tensor([sequence[:3 + row]])
+        got, want = screened(row, context)[0], expected(row, context)[0]
+        assert int(got.argmax()) == int(want.argmax())
+        assert abs(float(got.max()) - float(want.max())) < 1e-4
+    assert int(expected(0, torch.tensor([sequence[:3]]))[0].argmax()) != int(leaders[0, 0])  # the suppression bit
