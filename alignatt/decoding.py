@@ -326,10 +326,10 @@ class StaticDecoder:
         proposal = self.proposer.propose(input_ids, min(self.config.lookahead_tokens, merged.max_new_tokens - 1))
         if not proposal:
             return [], False
-        sequence = input_ids + proposal
-        scores_of = self._row_scores(sequence, reused, len(proposal) + 1, merged, len(input_ids))
+        sequence, n_rows = input_ids + proposal, len(proposal) + 1
+        scores_of = self._row_scores(sequence, reused, n_rows, merged, len(input_ids))
         self.prompt_kv.fed(sequence)
-        head = accepted_prefix(greedy_tokens(scores_of, len(proposal) + 1, sequence, self.model.device), proposal)
+        head = accepted_prefix(greedy_tokens(scores_of, n_rows, sequence, self.model.device), proposal)
         return _stop_within(head, input_ids, merged, _stopping_criteria(request, read))
 
     def _row_scores(self, sequence: list[int], reused: int, n_rows: int, merged: GenerationConfig,

@@ -107,16 +107,8 @@ def processed_rows(logits: torch.Tensor, generation: GenerationConfig, n_prompt_
     """Rows of full logits with the processors generate() applies to a config the screened head accepts
     (`ScreenedHead.applies`): the repetition penalty over every earlier token, and the suppression of
     `begin_suppress_tokens` at the first generated token (row 0, after the `n_prompt_tokens` of the prompt)."""
-    processors, first_step = greedy_processors(generation, n_prompt_tokens)
-
-    def scores_of(row: int, context: torch.Tensor) -> torch.Tensor:
-        scores = logits[row:row + 1].float()
-        for processor in processors:
-            scores = processor(context, scores)
-        if row == 0 and first_step is not None:
-            scores = first_step(context, scores)
-        return scores
-    return scores_of
+    processors = greedy_processors(generation, n_prompt_tokens)
+    return lambda row, context: processors(context, logits[row:row + 1].float())
 
 
 def greedy_tokens(scores_of: RowScores, n_rows: int, sequence: Sequence[int], device: torch.device | str = "cpu"
