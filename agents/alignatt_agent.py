@@ -1,4 +1,4 @@
-"""SimulEval entry point: AlignAtt4LLM speech-to-text agent (thin glue over alignatt.cascade).
+"""SimulEval entry point: AlignAtt4LLM speech-to-text agent (thin glue over alignatt.stream.cascade).
 
     simuleval --agent agents/alignatt_agent.py --source wavs.txt --target refs.txt \
         --source-segment-size 850 --preset low --target-lang de --eval-latency-unit word --output out/
@@ -6,8 +6,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,12 +13,10 @@ from simuleval.agents import SpeechToTextAgent
 from simuleval.agents.actions import ReadAction, WriteAction
 from simuleval.utils import entrypoint
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout too
-
-from alignatt.factory import add_arguments, build_cascade, check_known  # noqa: E402
-from alignatt.heads import HeadsFileError  # noqa: E402
-from alignatt.model_pool import ModelPool  # noqa: E402
-from alignatt.text_units import is_char_level  # noqa: E402
+from alignatt.factory import add_arguments, build_cascade, check_known
+from alignatt.mt.heads import HeadsFileError
+from alignatt.model_pool import ModelPool
+from alignatt.text_units import is_char_level
 
 logger = logging.getLogger(__name__)
 

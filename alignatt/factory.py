@@ -11,20 +11,20 @@ import dataclasses
 import logging
 from types import SimpleNamespace
 
-from alignatt.asr import BACKENDS, AsrBackend, load_backend
-from alignatt.asr_cache import CachedAsr
-from alignatt.baselines import PolicySelection, make_policy
-from alignatt.cascade import Cascade, CascadeOptions
-from alignatt.decoding import DecodeConfig, make_decoder
-from alignatt.guards import GuardOptions
-from alignatt.heads import HeadsFile, HeadsFileError, shipped_heads_path
+from alignatt.asr.base import BACKENDS, AsrBackend, load_backend
+from alignatt.asr.cache import CachedAsr
+from alignatt.policy.policies import PolicySelection, make_policy
+from alignatt.stream.cascade import Cascade, CascadeOptions
+from alignatt.mt.decoding import DecodeConfig, make_decoder
+from alignatt.policy.guards import GuardOptions
+from alignatt.mt.heads import HeadsFile, HeadsFileError, shipped_heads_path
 from alignatt.model_pool import ModelPool
 from alignatt.options import add_dataclass_arguments, dataclass_from_args
-from alignatt.policy import PolicyConfig
-from alignatt.prompt import PromptConfig, read_few_shot
-from alignatt.source import SourceOptions
-from alignatt.transcriber import TranscriberOptions
-from alignatt.translator import Translator, TranslatorConfig, load_model_and_tokenizer
+from alignatt.policy.gate import PolicyConfig
+from alignatt.mt.prompt import PromptConfig, read_few_shot
+from alignatt.stream.source import SourceOptions
+from alignatt.stream.transcriber import TranscriberOptions
+from alignatt.mt.translator import Translator, TranslatorConfig, load_model_and_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ GATES = {
 
 # Operating points, one per IWSLT 2026 latency regime (LongYAAL CU: low 0-2 s, high 2-4 s): a step size and a gate,
 # each the config with the best BLEU + chrF inside its regime on the proxy's tuning talks
-# (eval/results/curves/README.md). Every run has one (low unless --preset says otherwise); a flag given
+# (results/curves/README.md). Every run has one (low unless --preset says otherwise); a flag given
 # explicitly wins over its preset's value.
 PRESETS = {
     # A word is heard once two hypotheses share it (aligned, so one rewritten word does not hold back the rest),
@@ -61,8 +61,8 @@ PRESET_KEYS = sorted({key for values in PRESETS.values() for key in values})
 
 def _option_groups():
     """(dataclass, flag prefix) for every option group, ASR backends imported lazily."""
-    from alignatt.asr_qwen3 import Qwen3AsrOptions
-    from alignatt.asr_whisper import WhisperOptions
+    from alignatt.asr.qwen3 import Qwen3AsrOptions
+    from alignatt.asr.whisper import WhisperOptions
 
     return [(TranslatorConfig, "mt-"), (DecodeConfig, "mt-"), (PromptConfig, ""), (PolicyConfig, ""),
             (GuardOptions, ""), (PolicySelection, ""), (CascadeOptions, ""), (TranscriberOptions, ""),
@@ -155,8 +155,8 @@ def _translator(args, guards: GuardOptions, models: ModelPool) -> tuple[Translat
 
 def _asr_backend(args, models: ModelPool) -> tuple[AsrBackend, bool]:
     """The ASR backend named by `args` from the pool (True when newly loaded), behind the cache if asked."""
-    from alignatt.asr_qwen3 import Qwen3AsrOptions
-    from alignatt.asr_whisper import WhisperOptions
+    from alignatt.asr.qwen3 import Qwen3AsrOptions
+    from alignatt.asr.whisper import WhisperOptions
 
     name = getattr(args, "asr_backend", "qwen3")
     options = (dataclass_from_args(Qwen3AsrOptions, args, prefix="qwen3-") if name == "qwen3"

@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from alignatt.heads import HeadsFile, HeadScore
-from eval.offline_tokenizers import gemma_tokenizer
+from alignatt.mt.heads import HeadsFile, HeadScore
+from alignatt_eval.runners.offline_tokenizers import gemma_tokenizer
 from tiny_asr import build_tiny_asr
 from tiny_models import build_gemma4_conditional
 
 SPEECH_DIR = Path(__file__).resolve().parents[1] / "data" / "speech"
+DEMO_SPEECH_DIR = Path(__file__).resolve().parents[1] / "alignatt" / "assets" / "speech"  # the demo talk
 HEADS = ((2, 0), (5, 1), (1, 3), (4, 2))
 
 

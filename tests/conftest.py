@@ -1,6 +1,6 @@
 import pytest
 
-from eval.offline_tokenizers import gemma_tokenizer, qwen_tokenizer
+from alignatt_eval.runners.offline_tokenizers import gemma_tokenizer, qwen_tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -89,7 +89,7 @@ SIMULSTREAM_ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
 def simulstream_config(checkpoints, path, **extra):
-    config = yaml.safe_load((REPO / "eval" / "simulstream" / "alignatt_low.yaml").read_text())
+    config = yaml.safe_load((REPO / "configs" / "simulstream" / "alignatt_low.yaml").read_text())
     flags = checkpoints.agent_flags() + FAST
     config["alignatt"].update({flag[2:].replace("-", "_"): value for flag, value in zip(flags[::2], flags[1::2])})
     config["alignatt"].update(extra)

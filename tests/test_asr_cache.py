@@ -1,8 +1,8 @@
 """The ASR disk cache: repeated windows are answered from disk, anything that changes the output is a miss."""
 import numpy as np
 
-from alignatt.asr import AsrBackend, Word
-from alignatt.asr_cache import CachedAsr
+from alignatt.asr.base import AsrBackend, Word
+from alignatt.asr.cache import CachedAsr
 
 
 class CountingAsr(AsrBackend):

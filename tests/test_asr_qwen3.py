@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from alignatt.asr import Word
-from alignatt.asr_qwen3 import Qwen3AsrBackend, Qwen3AsrOptions, attach_times
+from alignatt.asr.base import Word
+from alignatt.asr.qwen3 import Qwen3AsrBackend, Qwen3AsrOptions, attach_times
 from alignatt.devices import resolve_dtype
-from alignatt.audio import SAMPLE_RATE_HZ, AudioBuffer
-from alignatt.transcriber import IncrementalTranscriber
+from alignatt.stream.audio import SAMPLE_RATE_HZ, AudioBuffer
+from alignatt.stream.transcriber import IncrementalTranscriber
 from tiny_asr import build_tiny_asr
 
 

@@ -1,15 +1,15 @@
-"""eval.asr_study: the ASR half of the cascade scored on its own (WER, when words become stable, cost)."""
+"""alignatt_eval.analysis.asr_study: the ASR half of the cascade scored on its own (WER, when words become stable, cost)."""
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from alignatt.asr import AsrBackend, Word
-from alignatt.audio import SAMPLE_RATE_HZ
-from alignatt.cascade import Cascade, CascadeOptions
-from alignatt.guards import GuardOptions
-from alignatt.transcriber import TranscriberOptions
-from eval.asr_study import WordLags, normalised_words, run_talk, summary, word_error_rate
+from alignatt.asr.base import AsrBackend, Word
+from alignatt.stream.audio import SAMPLE_RATE_HZ
+from alignatt.stream.cascade import Cascade, CascadeOptions
+from alignatt.policy.guards import GuardOptions
+from alignatt.stream.transcriber import TranscriberOptions
+from alignatt_eval.analysis.asr_study import WordLags, normalised_words, run_talk, summary, word_error_rate
 
 TALK = "Hello world, this is it. We propose a new method today. And it works."
 WORD_S = 0.4

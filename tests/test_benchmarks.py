@@ -1,6 +1,6 @@
 """Smoke runs of the benchmarks: the GPU ones in their CPU --tiny mode, the CPU ones on small models. They run end
 to end and report what they claim (the numbers themselves are only meaningful on their hardware, see
-eval/results/)."""
+results/)."""
 import json
 import subprocess
 import sys
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from agent_fixtures import SPEECH_DIR, save_tiny_checkpoints
-from eval import bench_chunk, bench_decode, bench_lm_head
+from alignatt_eval.bench import chunk as bench_chunk, decode as bench_decode, lm_head as bench_lm_head
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,9 +65,9 @@ def test_full_size_configs_match_the_real_checkpoints():
     from transformers import Gemma4ForConditionalGeneration, Qwen3ASRForConditionalGeneration, \
         Qwen3ASRForTokenClassification
 
-    from eval.bench_common import default_heads
-    from eval.model_configs import gemma4_e4b_config, qwen3_asr_1_7b_config, qwen3_forced_aligner_config
-    from eval.offline_tokenizers import qwen3_asr_processor
+    from alignatt_eval.bench.common import default_heads
+    from alignatt_eval.runners.model_configs import gemma4_e4b_config, qwen3_asr_1_7b_config, qwen3_forced_aligner_config
+    from alignatt_eval.runners.offline_tokenizers import qwen3_asr_processor
 
     tokenizer = qwen3_asr_processor().tokenizer
     with torch.device("meta"):
@@ -94,14 +94,14 @@ def test_bench_lm_head_times_both_heads_on_the_same_tokens(tmp_path):
 
 
 def test_bench_cpu_gives_the_same_translation_with_the_asr_a_step_ahead(tmp_path):
-    """eval.bench_cpu through the demo's code path, on tiny checkpoints: one half after the other and pipelined
+    """alignatt_eval.bench.cpu through the demo's code path, on tiny checkpoints: one half after the other and pipelined
     write the same text, and the report says which ran and what was measured."""
     checkpoints = save_tiny_checkpoints(tmp_path / "models")
     reports = {}
     for mode in ("sequential", "pipelined"):
         out = tmp_path / f"{mode}.json"
         done = subprocess.run(
-            [sys.executable, "-m", "eval.bench_cpu", "--seconds", "6", "--out", str(out),
+            [sys.executable, "-m", "alignatt_eval.bench.cpu", "--seconds", "6", "--out", str(out),
              *(["--pipeline"] if mode == "pipelined" else []),
              "--models", "full", "--wav", str(SPEECH_DIR / "simuleval_test.wav"), "--target-lang", "de",
              *checkpoints.agent_flags(), "--mt-max-final-tokens", "12", "--mt-max-draft-tokens", "6"],

@@ -12,17 +12,17 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
 
-from alignatt.capture import HeadRef
-from alignatt.heads import QUERY_ROWS, HeadsFile
-from alignatt.prompt import PromptBuilder, PromptConfig
-from calibration import select_heads
-from calibration.align import (EflomalSettings, GoldPair, alignment_quality, grow_diag_final_and, read_gold,
+from alignatt.mt.capture import HeadRef
+from alignatt.mt.heads import QUERY_ROWS, HeadsFile
+from alignatt.mt.prompt import PromptBuilder, PromptConfig
+from alignatt.calibration import select_heads
+from alignatt.calibration.align import (EflomalSettings, GoldPair, alignment_quality, grow_diag_final_and, read_gold,
                                word_tokens)
-from calibration.pairs import make_pair, read_pairs, select_pairs
-from calibration.pharaoh import (AlignmentFileError, check_alignments, format_line, parse_line, read_pharaoh,
+from alignatt.calibration.pairs import make_pair, read_pairs, select_pairs
+from alignatt.calibration.pharaoh import (AlignmentFileError, check_alignments, format_line, parse_line, read_pharaoh,
                                  write_pharaoh)
-from calibration.scoring import build_example, score_heads, target_token_units
-from calibration.stability import half_split_stability, ranking
+from alignatt.calibration.scoring import build_example, score_heads, target_token_units
+from alignatt.calibration.stability import half_split_stability, ranking
 from tiny_models import build
 
 MAX_WORDS = 8
@@ -342,7 +342,7 @@ def test_alignment_quality_aer(tmp_path):
 def test_shipped_gold_file_fits_the_data():
     from pathlib import Path
 
-    gold = read_gold(Path(__file__).resolve().parents[1] / "calibration" / "gold" / "en-de.fleurs.jsonl")
+    gold = read_gold(Path(__file__).resolve().parents[1] / "data" / "gold" / "en-de.fleurs.jsonl")
     assert len(gold) >= 10
     for g in gold:
         n_src, n_tgt = len(g.source.split()), len(g.target.split())
@@ -353,7 +353,7 @@ def test_shipped_gold_file_fits_the_data():
 def test_eflomal_aligns_a_toy_corpus():
     """Word i always translates to word i: the aligner should find most links of reordered sentences."""
     pytest.importorskip("eflomal")
-    from calibration.align import align_pairs
+    from alignatt.calibration.align import align_pairs
 
     rng = np.random.default_rng(3)
     pairs, gold = [], []

@@ -5,8 +5,8 @@ import pytest
 import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from alignatt.capture import HeadRef, QKCapture, capture_heads
-from alignatt.replay import replay, visible_key_range
+from alignatt.mt.capture import HeadRef, QKCapture, capture_heads
+from alignatt.mt.replay import replay, visible_key_range
 from tiny_models import SLIDING_WINDOW, build, build_gemma4_conditional
 
 PROMPT_LEN = 3 * SLIDING_WINDOW + 1  # longer than the sliding window

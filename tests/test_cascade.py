@@ -4,17 +4,17 @@ import threading
 import numpy as np
 import pytest
 
-from alignatt.asr import AsrBackend, Word
-from alignatt.audio import SAMPLE_RATE_HZ
-from alignatt.cascade import Cascade, CascadeOptions
-from alignatt.capture import HeadRef
-from alignatt.guards import GuardOptions
-from alignatt.policy import GateDecision
-from alignatt.prompt import PromptConfig
-from alignatt.source import SourceOptions
+from alignatt.asr.base import AsrBackend, Word
+from alignatt.stream.audio import SAMPLE_RATE_HZ
+from alignatt.stream.cascade import Cascade, CascadeOptions
+from alignatt.mt.capture import HeadRef
+from alignatt.policy.guards import GuardOptions
+from alignatt.policy.gate import GateDecision
+from alignatt.mt.prompt import PromptConfig
+from alignatt.stream.source import SourceOptions
 from alignatt.text_units import split_units
-from alignatt.transcriber import TranscriberOptions
-from alignatt.translator import DraftResult, Translator
+from alignatt.stream.transcriber import TranscriberOptions
+from alignatt.mt.translator import DraftResult, Translator
 from tiny_models import build_gemma4_conditional
 
 HEADS = [HeadRef(2, 0), HeadRef(5, 1), HeadRef(1, 3)]
@@ -57,7 +57,7 @@ class SpyTranslator(Translator):
 
 @pytest.fixture(scope="module")
 def translator(gemma_tok):
-    from alignatt.translator import TranslatorConfig
+    from alignatt.mt.translator import TranslatorConfig
 
     model = build_gemma4_conditional(vocab_size=len(gemma_tok))
     return SpyTranslator(model, gemma_tok, HEADS, PromptConfig(target_lang="de"), TranslatorConfig(max_final_tokens=8))
@@ -331,7 +331,7 @@ def test_a_sentence_the_translation_ran_past_is_finished_with_the_next_one(monke
     assert units == ["Hallo", "Welt", "Dann", "mehr", "Wörter"]
     assert [source.split(" ", 1)[1] for source, _, _ in finishes] == ["world. Then more words"]
     # A carried unit stays short: at the bound, the sentence is finished on its own again.
-    monkeypatch.setattr("alignatt.cascade.MAX_CARRIED_UNITS", 2)
+    monkeypatch.setattr("alignatt.stream.cascade.MAX_CARRIED_UNITS", 2)
     assert talk(carry=True)[0] == ["Hallo", "Welt", "Dann", "mehr", "Dann", "mehr", "Wörter"]
 
 
@@ -372,7 +372,7 @@ class OverlapCheckingCascade(Cascade):
 def test_the_asr_running_a_step_ahead_writes_the_same_talk(translator):
     """The demo's pipeline: each step's ASR runs in a thread while the step before it is translated, and the talk's
     steps and text are those of one step after the other."""
-    from alignatt.demo import feed as play
+    from alignatt.cli.demo import feed as play
 
     samples = np.zeros(8 * SAMPLE_RATE_HZ, dtype=np.float32)
     runs = {}

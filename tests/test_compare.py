@@ -1,11 +1,11 @@
-"""eval.compare: paired significance between result rows, on the segments OmniSTEval scored."""
+"""alignatt_eval.analysis.compare: paired significance between result rows, on the segments OmniSTEval scored."""
 import json
 import random
 
 import pytest
 from sacrebleu.metrics import BLEU, CHRF
 
-from eval.compare import compare, load_pooled, load_run, main
+from alignatt_eval.analysis.compare import compare, load_pooled, load_run, main
 
 WORDS = ("der die das Haus Baum geht schnell heute wir sehen einen großen Hund und eine kleine Katze im Garten "
          "morgen fährt sie nach Berlin weil es dort regnet").split()

@@ -1,7 +1,7 @@
 """Static-cache decoding: graph-safe capture under torch.compile, prompt KV reuse, fallbacks.
 
 CPU runs the same dynamo graphs as CUDA (fullgraph, so any Python side effect in the capture would fail
-to trace) with the aot_eager backend; CUDA graphs themselves need a GPU (eval/bench_decode.py).
+to trace) with the aot_eager backend; CUDA graphs themselves need a GPU (alignatt_eval/bench/decode.py).
 """
 import warnings
 
@@ -10,12 +10,12 @@ import pytest
 import torch
 from transformers import CompileConfig, GenerationConfig, StaticCache
 
-from alignatt.capture import HeadRef, capture_heads, new_key_index
-from alignatt.decoding import CACHE_KWARG, DecodeConfig, EagerDecoder, Request, StaticDecoder, make_decoder
-from alignatt.prompt import PromptConfig
-from alignatt.replay import replay
-from alignatt.static_capture import StaticQKCapture
-from alignatt.translator import Translator
+from alignatt.mt.capture import HeadRef, capture_heads, new_key_index
+from alignatt.mt.decoding import CACHE_KWARG, DecodeConfig, EagerDecoder, Request, StaticDecoder, make_decoder
+from alignatt.mt.prompt import PromptConfig
+from alignatt.mt.replay import replay
+from alignatt.mt.static_capture import StaticQKCapture
+from alignatt.mt.translator import Translator
 from tiny_models import SLIDING_WINDOW, build, build_gemma4_conditional, build_qwen3
 
 HEADS = [HeadRef(2, 0), HeadRef(5, 1), HeadRef(1, 3), HeadRef(4, 2)]  # full, KV-shared full, sliding, shared
@@ -234,7 +234,7 @@ def test_static_path_on_other_architectures(kind, gemma_tok, qwen_tok):
     elif kind == "gemma3":
         model, tok, heads = build("gemma3", vocab_size=len(gemma_tok)), gemma_tok, [HeadRef(1, 0), HeadRef(2, 3)]
     else:
-        from eval.offline_tokenizers import gemma_tokenizer
+        from alignatt_eval.runners.offline_tokenizers import gemma_tokenizer
 
         model, tok, heads = build("gemma4", vocab_size=len(gemma_tok)), gemma_tokenizer(chat=False), HEADS
         prompt = {"style": "plain"}

@@ -1,4 +1,4 @@
-"""`python -m alignatt.demo`: the live demo on tiny random-init models, scored by the real OmniSTEval, and the
+"""`python -m alignatt.cli.demo`: the live demo on tiny random-init models, scored by the real OmniSTEval, and the
 choice of its default models."""
 import json
 import subprocess
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from agent_fixtures import SPEECH_DIR, save_tiny_checkpoints
-from alignatt import demo
+from alignatt.cli import demo
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--mt-max-final-tokens", "12", "--mt-max-draft-tokens", "6"]
@@ -25,7 +25,7 @@ def test_demo_plays_a_talk_and_scores_it_with_omnisteval(checkpoints, tmp_path):
     reference = tmp_path / "reference.de.txt"
     reference.write_text("Dies ist eine synthetische Audiodatei zum Testen Ihres Übersetzungssystems.\n")
     done = subprocess.run(
-        [sys.executable, "-m", "alignatt.demo", "--models", "full", "--wav", str(SPEECH_DIR / "simuleval_test.wav"),
+        [sys.executable, "-m", "alignatt.cli.demo", "--models", "full", "--wav", str(SPEECH_DIR / "simuleval_test.wav"),
          "--reference", str(reference), "--speed", "0", "--out", str(tmp_path / "out"), "--target-lang", "de",
          *checkpoints.agent_flags(), *FAST],
         capture_output=True, text=True, timeout=600, cwd=REPO)
@@ -54,8 +54,8 @@ def test_offline_defaults_fill_only_what_the_user_did_not_set(monkeypatch):
     assert args.whisper_encoder_window == "fit"  # less ASR time, so the demo keeps pace
     assert args.mt_lookahead_tokens == 4  # fewer forward passes of the translator, the same text
     assert demo.parse_args(["--whisper-encoder-window", "30s"]).whisper_encoder_window == "30s"
-    assert Path(args.heads) == REPO / "calibration" / "results" / "gemma-3-270m.en-de.json"
-    assert Path(args.reference) == REPO / "data" / "speech" / "two_cities.de.txt"  # the default talk's reference
+    assert Path(args.heads) == REPO / "alignatt" / "mt" / "heads_files" / "gemma-3-270m.en-de.json"
+    assert Path(args.reference) == REPO / "alignatt" / "assets" / "speech" / "two_cities.de.txt"  # the default talk's reference
 
 
 def test_full_models_are_used_where_their_weights_are_cached(monkeypatch):
@@ -77,7 +77,7 @@ def test_a_missing_wav_is_a_clear_error():
 
 
 class _Clock:
-    """Stands in for the `time` module in `alignatt.demo`: sleeping and computing move it on, so the playback
+    """Stands in for the `time` module in `alignatt.cli.demo`: sleeping and computing move it on, so the playback
     schedule is exact and the tests take no time."""
 
     def __init__(self):
@@ -161,7 +161,7 @@ def test_live_demo_keeps_pace_by_taking_bigger_steps(checkpoints):
     """At 200x real time no step of the tiny models computes within its chunk's 4 ms, so the live demo must catch
     up."""
     done = subprocess.run(
-        [sys.executable, "-m", "alignatt.demo", "--models", "full", "--wav", str(SPEECH_DIR / "simuleval_test.wav"),
+        [sys.executable, "-m", "alignatt.cli.demo", "--models", "full", "--wav", str(SPEECH_DIR / "simuleval_test.wav"),
          "--speed", "200", "--target-lang", "de", *checkpoints.agent_flags(), *FAST],
         capture_output=True, text=True, timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from transformers import GenerationConfig
 
-from alignatt.audio import SAMPLE_RATE_HZ
-from alignatt.baselines import AlignAttPolicy, SentenceDecisions, WaitKPolicy
-from alignatt.capture import HeadRef
-from alignatt.cascade import Cascade, CascadeOptions
-from alignatt.decoding import DecodeConfig, Request
-from alignatt.policy import PolicyConfig
-from alignatt.prompt import PromptConfig
-from alignatt.translator import Translator, TranslatorConfig
+from alignatt.stream.audio import SAMPLE_RATE_HZ
+from alignatt.policy.policies import AlignAttPolicy, SentenceDecisions, WaitKPolicy
+from alignatt.mt.capture import HeadRef
+from alignatt.stream.cascade import Cascade, CascadeOptions
+from alignatt.mt.decoding import DecodeConfig, Request
+from alignatt.policy.gate import PolicyConfig
+from alignatt.mt.prompt import PromptConfig
+from alignatt.mt.translator import Translator, TranslatorConfig
 from test_cascade import TimelineAsr, timeline
 from tiny_models import build_gemma4_conditional
 

@@ -10,9 +10,10 @@ import yaml
 
 from agent_fixtures import save_tiny_checkpoints
 from alignatt.factory import PRESETS
-from eval import plot, run_dev
-from eval.dev_set import DevSet, segment_entry, write_segments
-from eval.synth_talks import synth_dev_set
+from alignatt_eval.analysis import plot
+from alignatt_eval.runners import run_dev
+from alignatt_eval.runners.dev_set import DevSet, segment_entry, write_segments
+from alignatt_eval.runners.synth_talks import synth_dev_set
 
 FAST = ["--mt-max-final-tokens", "8", "--mt-max-draft-tokens", "4", "--qwen3-max-new-tokens", "6"]
 TALK = "tinytalk"

@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from alignatt.omnisteval import CA_KEY, omnisteval_command
-from eval import plot
-from eval.run_dev import TSV_COLUMNS, write_row
-from eval.scoring import merge_hypotheses, step_ca_delays, xcomet_status
+from alignatt.cli.omnisteval import CA_KEY, omnisteval_command
+from alignatt_eval.analysis import plot
+from alignatt_eval.runners.run_dev import TSV_COLUMNS, write_row
+from alignatt_eval.analysis.scoring import merge_hypotheses, step_ca_delays, xcomet_status
 
 
 def test_ca_time_is_audio_read_plus_the_writing_step_s_compute():
@@ -83,7 +83,7 @@ def test_plot_draws_bleu_and_xcomet_when_scored(tmp_path):
 
 
 def test_segment_coverage_counts_segments_left_empty(tmp_path):
-    from eval.scoring import segment_coverage
+    from alignatt_eval.analysis.scoring import segment_coverage
 
     lines = [{"prediction": "Ich bin Sarah", "reference": "Ich bin Sarah Papi"},
              {"prediction": " ", "reference": "Heute spreche ich"},

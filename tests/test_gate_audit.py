@@ -1,9 +1,9 @@
-"""eval.gate_audit: which held-back words came out the same later, and which changed."""
+"""alignatt_eval.analysis.gate_audit: which held-back words came out the same later, and which changed."""
 import json
 
 import pytest
 
-from eval.gate_audit import audit, held_back, main
+from alignatt_eval.analysis.gate_audit import audit, held_back, main
 
 
 def step(written, draft, stop="", quota=None, skipped=False, source_ms=850.0, n_committed=0, n_drafted=None):

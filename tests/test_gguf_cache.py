@@ -1,11 +1,11 @@
-"""A GGUF checkpoint converted once (alignatt.gguf_cache) loads as the same model and tokenizer as the GGUF itself."""
+"""A GGUF checkpoint converted once (alignatt.accel.gguf_cache) loads as the same model and tokenizer as the GGUF itself."""
 import os
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from alignatt.gguf_cache import DEFAULT_CACHE_DIR, DONE, cache_key, converted_checkpoint
+from alignatt.accel.gguf_cache import DEFAULT_CACHE_DIR, DONE, cache_key, converted_checkpoint
 
 TEXT = "English: It was the best of times.\nGerman: Es war die beste aller Zeiten, für Übersetzungen.\n"
 

@@ -1,7 +1,7 @@
 """The guards against premature sentence ends and lost content, as pure functions."""
 import pytest
 
-from alignatt.guards import (GuardOptions, cut_loop, drop_loop_copies, ends_in_loop, ends_sentence, final_pass_budget,
+from alignatt.policy.guards import (GuardOptions, cut_loop, drop_loop_copies, ends_in_loop, ends_sentence, final_pass_budget,
                              hold_sentence_end, strip_sentence_final, trim_repeated_start)
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from alignatt.capture import HeadRef
-from alignatt.heads import (QUERY_ROWS, HeadsFile, HeadScore, HeadsFileError, query_row_position,
+from alignatt.mt.capture import HeadRef
+from alignatt.mt.heads import (QUERY_ROWS, HeadsFile, HeadScore, HeadsFileError, query_row_position,
                             shipped_heads_path)
 from tiny_models import build, build_gemma4_conditional
 
@@ -40,7 +40,7 @@ def test_new_files_default_to_own_rows():
 def test_file_without_query_row_is_read_as_predicting_with_one_warning(caplog):
     data = tiny_heads().to_dict()
     del data["query_row"]
-    caplog.set_level(logging.WARNING, logger="alignatt.heads")
+    caplog.set_level(logging.WARNING, logger="alignatt.mt.heads")
     assert HeadsFile.from_dict(data).query_row == "predicting"
     warnings = [r for r in caplog.records if "no query_row" in r.getMessage()]
     assert len(warnings) == 1 and "tiny/gemma4 en-de" in warnings[0].getMessage()
@@ -73,7 +73,7 @@ def test_warns_only_when_the_heads_were_calibrated_on_other_weights(caplog):
     hub id; the file is loaded from a folder whose path differs from machine to machine."""
     heads = tiny_heads(calibration={"model_loading": {"gguf_file": "tiny-q4_k_m.gguf"}})
     config = build("gemma4").config
-    with caplog.at_level(logging.WARNING, logger="alignatt.heads"):
+    with caplog.at_level(logging.WARNING, logger="alignatt.mt.heads"):
         heads.check_fits(config, "/home/me/.cache/tiny_gguf", "tiny-q4_k_m.gguf")
         heads.check_fits(config, "tiny/gemma4")
         assert not caplog.records
@@ -131,11 +131,11 @@ def test_shipped_published_gemma4_heads(direction, top4):
     assert heads.query_row == "own"  # the reference scored its heads on each token's own row
 
 
-@pytest.mark.parametrize("path", ["calibration/results/gemma-3-270m.en-de.json",
-                                  "eval/results/proxy/inputs/gemma-3-270m.en-de.heads.json"])
+@pytest.mark.parametrize("path", ["alignatt/mt/heads_files/gemma-3-270m.en-de.json",
+                                  "results/proxy/inputs/gemma-3-270m.en-de.heads.json"])
 def test_committed_calibration_runs_declare_predicting_rows(path, caplog):
     """These runs predate the key; their calibration metadata says they scored the predicting row."""
-    caplog.set_level(logging.WARNING, logger="alignatt.heads")
+    caplog.set_level(logging.WARNING, logger="alignatt.mt.heads")
     heads = HeadsFile.load(REPO / path)
     assert heads.query_row == "predicting"
     assert "the query that predicts the token" in heads.calibration["score"]
@@ -151,8 +151,8 @@ def test_the_run_direction_must_match_the_heads_file():
     import argparse
 
     from alignatt.factory import load_heads
-    from alignatt.prompt import PromptConfig
-    from alignatt.translator import TranslatorConfig
+    from alignatt.mt.prompt import PromptConfig
+    from alignatt.mt.translator import TranslatorConfig
 
     en_de = str(shipped_heads_path("google/gemma-4-E4B-it", "en-de"))
     assert load_heads(argparse.Namespace(heads=en_de), TranslatorConfig(), PromptConfig(target_lang="de"))

@@ -1,14 +1,14 @@
-"""The screened LM head (alignatt.lm_head) makes the full fp32 head's greedy choice: on the real Gemma-3-270M,
+"""The screened LM head (alignatt.accel.screened_head) makes the full fp32 head's greedy choice: on the real Gemma-3-270M,
 under the repetition penalty and first-step suppression, through both decoders, and on crafted near-ties."""
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
-from alignatt.capture import HeadRef
-from alignatt.decoding import DecodeConfig, EagerDecoder, Request, StaticDecoder
-from alignatt.gguf_cache import DEFAULT_CACHE_DIR, converted_checkpoint
-from alignatt.lm_head import ScreenedHead, _Pending, make_screen, screened_generate_args
+from alignatt.mt.capture import HeadRef
+from alignatt.mt.decoding import DecodeConfig, EagerDecoder, Request, StaticDecoder
+from alignatt.accel.gguf_cache import DEFAULT_CACHE_DIR, converted_checkpoint
+from alignatt.accel.screened_head import ScreenedHead, _Pending, make_screen, screened_generate_args
 from tiny_models import build
 
 PROMPTS = [

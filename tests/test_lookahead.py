@@ -7,14 +7,14 @@ import pytest
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-from alignatt.capture import HeadRef
-from alignatt.decoding import DecodeConfig, Request, StaticDecoder
-from alignatt.lm_head import make_screen
-from alignatt.lookahead import (ColumnHead, NgramProposer, accepted_prefix, greedy_tokens, head_by_columns,
+from alignatt.mt.capture import HeadRef
+from alignatt.mt.decoding import DecodeConfig, Request, StaticDecoder
+from alignatt.accel.screened_head import make_screen
+from alignatt.accel.draft_reuse import (ColumnHead, NgramProposer, accepted_prefix, greedy_tokens, head_by_columns,
                                 processed_rows)
-from alignatt.prompt import PromptConfig
-from alignatt.replay import replay
-from alignatt.translator import Translator
+from alignatt.mt.prompt import PromptConfig
+from alignatt.mt.replay import replay
+from alignatt.mt.translator import Translator
 from tiny_models import build, build_gemma4_conditional
 
 HEADS = [HeadRef(2, 0), HeadRef(5, 1), HeadRef(1, 3), HeadRef(4, 2)]  # full, KV-shared full, sliding, shared
@@ -193,7 +193,7 @@ def test_a_screened_verification_gives_the_full_heads_tokens_and_never_computes_
         return StaticDecoder(model, HEADS[:1], replace(config, lookahead_tokens=lookahead_tokens), compile=False,
                              screen=make_screen(model, "screened", False))
     plain, looking = decoder(), decoder(lookahead_tokens=4)
-    monkeypatch.setattr("alignatt.decoding.head_by_columns", None)  # the full head's path would fail
+    monkeypatch.setattr("alignatt.mt.decoding.head_by_columns", None)  # the full head's path would fail
     rows = []  # (rows the pass offered, rows read)
     offered, counts = looking.screen.processed_rows, looking.screen.counts
 

@@ -1,9 +1,9 @@
-"""alignatt.pipeline.run_ahead: the ASR of the next step computed in a thread while this one is translated."""
+"""alignatt.cli.pipeline.run_ahead: the ASR of the next step computed in a thread while this one is translated."""
 import threading
 
 import pytest
 
-from alignatt.pipeline import run_ahead
+from alignatt.cli.pipeline import run_ahead
 
 
 def test_items_come_in_order_and_all_of_them():

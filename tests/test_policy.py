@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from alignatt.policy import PolicyConfig, complete_units_text, gate_draft, online_zscore
+from alignatt.policy.gate import PolicyConfig, complete_units_text, gate_draft, online_zscore
 
 UNITS = np.array([0, 0, 1, 2, 3, 4])  # six source tokens, unit 0 split in two tokens
 NO_FILTER = PolicyConfig(median_filter_width=1)

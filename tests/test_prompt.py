@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from alignatt.prompt import PromptBuilder, PromptConfig, map_source_tokens, read_few_shot
-from eval.offline_tokenizers import gemma_tokenizer
+from alignatt.mt.prompt import PromptBuilder, PromptConfig, map_source_tokens, read_few_shot
+from alignatt_eval.runners.offline_tokenizers import gemma_tokenizer
 
 TOKENIZERS = ["gemma_tok", "qwen_tok"]
 

@@ -1,10 +1,10 @@
 """SourceState: timed units that match the prompt's units, committed-sentence queue, accessibility frontier."""
 import pytest
 
-from alignatt.asr import Word
-from alignatt.source import SourceOptions, SourceState, build_sentence
+from alignatt.asr.base import Word
+from alignatt.stream.source import SourceOptions, SourceState, build_sentence
 from alignatt.text_units import split_units
-from alignatt.transcriber import Sentence, TranscriptUpdate
+from alignatt.stream.transcriber import Sentence, TranscriptUpdate
 
 
 def update(committed=(), tail=(), boundary_s=0.0, n_stable=None):

@@ -1,4 +1,4 @@
-"""eval.sweep: grid expansion, then a real local Ray with 2 workers on tiny models, checked against eval.run_dev."""
+"""alignatt_eval.runners.sweep: grid expansion, then a real local Ray with 2 workers on tiny models, checked against alignatt_eval.runners.run_dev."""
 import json
 import os
 import signal
@@ -9,13 +9,13 @@ import time
 
 import pytest
 
-from eval import run_dev, sweep
+from alignatt_eval.runners import run_dev, sweep
 from test_eval_runner import FAST, predictions, require_espeak, write_two_talk_dev_set
 
 ray = pytest.importorskip("ray", reason="the sweep extra is not installed: pip install -e .[sweep]")
 
 from agent_fixtures import save_tiny_checkpoints  # noqa: E402
-from eval.synth_talks import synth_dev_set  # noqa: E402
+from alignatt_eval.runners.synth_talks import synth_dev_set  # noqa: E402
 
 TALKS = ["talkA", "talkB"]
 # Two configs that share one backbone: wait-k and AlignAtt at the high preset.
@@ -113,7 +113,7 @@ def test_sweep_gives_the_run_dev_results_and_a_rerun_does_nothing(study, tmp_pat
     out = tmp_path / "sweep"
     argv = [str(write_grid(tmp_path / "grid.yaml", data)), "--out", str(out), "--workers", "2", "--", *flags]
     # The command users run: as __main__, the module's classes must still reach the workers (pickled by name).
-    subprocess.run([sys.executable, "-m", "eval.sweep", *argv], cwd=sweep.REPO, check=True, timeout=900)
+    subprocess.run([sys.executable, "-m", "alignatt_eval.runners.sweep", *argv], cwd=sweep.REPO, check=True, timeout=900)
     rows = [json.loads((out / f"{run}.json").read_text()) for run in ("de.high.wait-k1", "de.high.alignatt")]
     assert [r["run"] for r in rows] == ["de.high.wait-k1", "de.high.alignatt"]
     for row in rows:
@@ -123,7 +123,7 @@ def test_sweep_gives_the_run_dev_results_and_a_rerun_does_nothing(study, tmp_pat
         assert row["bleu"] == expected_row["bleu"] and row["longyaal_cu_ms"] == expected_row["longyaal_cu_ms"]
         assert row["talks"] == TALKS and row["talks_failed"] == {}
         assert (row["asr"], expected_row["asr"]) == ("cached", "live") and "recorded" in row["ca_definition"]
-        assert "python -m eval.sweep" in row["commands"]["sweep"]
+        assert "python -m alignatt_eval.runners.sweep" in row["commands"]["sweep"]
     summary = json.loads((out / "sweep.json").read_text())
     assert summary["ran"] == 4 and summary["failed"] == {} and summary["workers"] == 2
     # Each worker loaded the translator, its decoder and the ASR once, however many jobs of both configs it ran.

@@ -18,7 +18,7 @@ def checkpoint(tmp_path_factory, gemma_tok):
 
 
 def run_trace(*args):
-    return subprocess.run([sys.executable, "-m", "alignatt.trace", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "alignatt.cli.trace", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_trace_prints_tokens_heads_and_verdicts(checkpoint):

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from alignatt.asr import AsrBackend, Word
-from alignatt.audio import SAMPLE_RATE_HZ, AudioBuffer
-from alignatt.source import SourceOptions, SourceState
-from alignatt.transcriber import (
+from alignatt.asr.base import AsrBackend, Word
+from alignatt.stream.audio import SAMPLE_RATE_HZ, AudioBuffer
+from alignatt.stream.source import SourceOptions, SourceState
+from alignatt.stream.transcriber import (
     IncrementalTranscriber,
     TranscriberOptions,
     agreed_prefix_len,

