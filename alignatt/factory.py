@@ -11,25 +11,29 @@ import dataclasses
 import logging
 from types import SimpleNamespace
 
-from alignatt.asr.base import BACKENDS, AsrBackend, load_backend
+from alignatt.accel.gguf_cache import converted_checkpoint
+from alignatt.accel.options import AccelOptions
+from alignatt.asr.base import AsrBackend
 from alignatt.asr.cache import CachedAsr
 from alignatt.policy.policies import PolicySelection, make_policy
 from alignatt.stream.cascade import Cascade, CascadeOptions
-from alignatt.mt.decoding import DecodeConfig, make_decoder
+from alignatt.mt.decoding import DecodeConfig, Decoder, make_decoder
 from alignatt.policy.guards import GuardOptions
 from alignatt.mt.heads import HeadsFile, HeadsFileError, shipped_heads_path
 from alignatt.model_pool import ModelPool
 from alignatt.options import add_dataclass_arguments, dataclass_from_args
-from alignatt.policy.gate import PolicyConfig
+from alignatt.policy.gate import GateConfig
+from alignatt.mt.alignment import AlignmentConfig
 from alignatt.mt.prompt import PromptConfig, read_few_shot
 from alignatt.stream.source import SourceOptions
 from alignatt.stream.transcriber import TranscriberOptions
-from alignatt.mt.translator import Translator, TranslatorConfig, load_model_and_tokenizer
+from alignatt.mt.loading import load_model_and_tokenizer
+from alignatt.mt.translator import Translator, TranslatorConfig
 
 logger = logging.getLogger(__name__)
 
 # Gate operating points. "tuned": the preset's frontier and the option defaults of the guards.
-# "published": the published system's effective behaviour (DESIGN §2): every transcribed word counts as heard,
+# "published": the published system's effective behaviour: every transcribed word counts as heard,
 # so only its guards act (trailing ASR punctuation stripped, the last word of a draft held back, unchanged
 # drafts skipped, repeats trimmed); text may end in a full stop before the sentence is committed, a degenerate
 # loop is written as the model writes it, and it drafts the whole open tail, even past a sentence end the ASR has
@@ -57,6 +61,7 @@ PRESETS = {
 }
 DEFAULT_PRESET = "low"
 PRESET_KEYS = sorted({key for values in PRESETS.values() for key in values})
+BACKENDS = ("qwen3", "whisper")  # ASR backends, built by `load_backend`
 
 
 def _option_groups():
@@ -64,9 +69,10 @@ def _option_groups():
     from alignatt.asr.qwen3 import Qwen3AsrOptions
     from alignatt.asr.whisper import WhisperOptions
 
-    return [(TranslatorConfig, "mt-"), (DecodeConfig, "mt-"), (PromptConfig, ""), (PolicyConfig, ""),
-            (GuardOptions, ""), (PolicySelection, ""), (CascadeOptions, ""), (TranscriberOptions, ""),
-            (SourceOptions, "source-"), (Qwen3AsrOptions, "qwen3-"), (WhisperOptions, "whisper-")]
+    return [(TranslatorConfig, "mt-"), (DecodeConfig, "mt-"), (AccelOptions, "mt-"), (PromptConfig, ""),
+            (AlignmentConfig, ""), (GateConfig, ""), (GuardOptions, ""), (PolicySelection, ""), (CascadeOptions, ""),
+            (TranscriberOptions, ""), (SourceOptions, "source-"), (Qwen3AsrOptions, "qwen3-"),
+            (WhisperOptions, "whisper-")]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -134,23 +140,50 @@ def with_gate(args):
     return SimpleNamespace(**{**vars(args), **GATES[gate]})
 
 
-def _translator(args, guards: GuardOptions, models: ModelPool) -> tuple[Translator, bool]:
+def build_decoder(model, heads, decode_config: DecodeConfig, accel: AccelOptions = AccelOptions()) -> Decoder:
+    """The translator's decoder, with the CPU speed-ups of `accel` (`alignatt.accel`) plugged in where they serve:
+    the screened head where `make_screen` finds it pays (never on a GPU or a compiled decode step), draft reuse on
+    the static path when asked for."""
+    return make_decoder(model, heads, decode_config, accel.decode_hooks)
+
+
+def _translator(args, models: ModelPool) -> tuple[Translator, bool]:
     """The translator named by `args` around the pool's weights and decoder; True when the decoder is new
     (and so not warmed up yet)."""
     config = dataclass_from_args(TranslatorConfig, args, prefix="mt-")
     prompt_config = dataclass_from_args(PromptConfig, args)
     decode_config = dataclass_from_args(DecodeConfig, args, prefix="mt-")
+    accel = dataclass_from_args(AccelOptions, args, prefix="mt-")
     heads_file = load_heads(args, config, prompt_config)  # fail fast, before loading models
-    model, tokenizer = models.get(("translator", *config.backbone_key()), lambda: load_model_and_tokenizer(config))
+    model, tokenizer = models.get(("translator", *config.backbone_key()),
+                                  lambda: load_model_and_tokenizer(config, resolve_checkpoint=converted_checkpoint))
     heads_file.check_fits(model.config, config.model_id, config.gguf_file)
     heads = heads_file.selected()
-    decoder_key = ("decoder", *config.backbone_key(), heads, decode_config)
+    decoder_key = ("decoder", *config.backbone_key(), heads, decode_config, accel)
     new_decoder = decoder_key not in models
-    decoder = models.get(decoder_key, lambda: make_decoder(model, heads, decode_config))
-    translator = Translator(model, tokenizer, heads, prompt_config, config, dataclass_from_args(PolicyConfig, args),
-                            read_few_shot(getattr(args, "few_shot_file", None)), decode_config,
-                            guards, heads_file.query_row, decoder)
+    decoder = models.get(decoder_key, lambda: build_decoder(model, heads, decode_config, accel))
+    translator = Translator(model, tokenizer, heads, prompt_config, config, dataclass_from_args(AlignmentConfig, args),
+                            read_few_shot(getattr(args, "few_shot_file", None)), decode_config, heads_file.query_row,
+                            decoder)
     return translator, new_decoder
+
+
+def load_backend(name: str, options=None) -> AsrBackend:
+    """Load an ASR backend by name ("qwen3" or "whisper") with its options dataclass (None: defaults); whisper with
+    the torch encoder (`alignatt.accel.whisper_encoder`) plugged in, which it builds where its options ask for one.
+
+    Imports happen here so that choosing one backend never requires the other's dependencies.
+    """
+    if name == "qwen3":
+        from alignatt.asr.qwen3 import Qwen3AsrBackend, Qwen3AsrOptions
+
+        return Qwen3AsrBackend.from_pretrained(options or Qwen3AsrOptions())
+    if name == "whisper":
+        from alignatt.accel.whisper_encoder import torch_whisper_encoder
+        from alignatt.asr.whisper import WhisperBackend, WhisperOptions
+
+        return WhisperBackend.from_options(options or WhisperOptions(), torch_encoder=torch_whisper_encoder)
+    raise ValueError(f"unknown ASR backend {name!r}; choose one of {BACKENDS}")
 
 
 def _asr_backend(args, models: ModelPool) -> tuple[AsrBackend, bool]:
@@ -178,8 +211,9 @@ def build_cascade(args, models: ModelPool | None = None) -> Cascade:
     models = models if models is not None else ModelPool()
     args = with_gate(with_preset(args))
     guards = dataclass_from_args(GuardOptions, args)
-    policy = make_policy(dataclass_from_args(PolicySelection, args), guards)  # fails fast
-    translator, new_decoder = _translator(args, guards, models)
+    policy = make_policy(dataclass_from_args(PolicySelection, args), guards,
+                         dataclass_from_args(GateConfig, args))  # fails fast
+    translator, new_decoder = _translator(args, models)
     backend, new_backend = _asr_backend(args, models)
     # Warm up only once every model exists: constructing a model of a new class invalidates compiled graphs.
     if new_decoder:
@@ -188,4 +222,4 @@ def build_cascade(args, models: ModelPool | None = None) -> Cascade:
         backend.warm_up()
     return Cascade(backend, translator, dataclass_from_args(CascadeOptions, args),
                    dataclass_from_args(TranscriberOptions, args),
-                   dataclass_from_args(SourceOptions, args, prefix="source-"), policy)
+                   dataclass_from_args(SourceOptions, args, prefix="source-"), policy, guards)

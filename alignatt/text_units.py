@@ -10,6 +10,11 @@ import re
 
 CHAR_LEVEL_LANGUAGES = frozenset({"zh", "ja"})
 
+SENTENCE_FINAL = (".", "?", "!", "。", "？", "！")
+CLOSERS = "\"'”’»)]}」』"  # closing quotes and brackets, looked through when a sentence end is sought
+_ELLIPSES = ("...", "…")
+NON_FINAL_ABBREVIATIONS = frozenset({"mr.", "mrs.", "ms.", "dr.", "prof.", "st.", "vs.", "e.g.", "i.e.", "no."})
+
 # CJK ideographs, kana, and CJK/full-width punctuation each form a unit of their own.
 _CJK_CHAR = (
     "\u3000-\u303f"  # CJK symbols and punctuation
@@ -48,3 +53,11 @@ def split_units(text: str, char_level: bool = False) -> list[str]:
 def join_units(units: list[str], char_level: bool = False) -> str:
     """Inverse of `split_units` up to whitespace normalisation."""
     return ("" if char_level else " ").join(units)
+
+
+def is_sentence_end(text: str) -> bool:
+    """Whether a word ends a sentence (a trailing ellipsis or a title such as "Dr." does not)."""
+    core = text.rstrip(CLOSERS)
+    if core.endswith(_ELLIPSES) or core.casefold() in NON_FINAL_ABBREVIATIONS:
+        return False
+    return core.endswith(SENTENCE_FINAL)

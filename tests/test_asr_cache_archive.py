@@ -104,14 +104,12 @@ def test_sweep_identity():
     assert WhisperBackend(None, WhisperOptions(encoder="ctranslate2")).cache_identity == SWEEP_IDENTITY
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the archive's entries were keyed before WhisperOptions grew encoder_window, fit_padding_ms, fit_min_ms and "
-    "temperature_fallback; WhisperBackend.cache_identity strips only encoder='ctranslate2', so no whisper option "
-    "reaches them and a rerun of the curves grids transcribes anew"))
-def test_some_whisper_options_reach_the_archive():
-    candidates = [WhisperOptions(encoder="ctranslate2"),
-                  WhisperOptions(encoder="ctranslate2", temperature_fallback=True)]
-    assert RECORDED_IDENTITY in {WhisperBackend(None, options).cache_identity for options in candidates}
+def test_the_recorded_settings_reach_the_archive():
+    recorded = WhisperOptions(encoder="ctranslate2", temperature_fallback=True)
+    assert WhisperBackend(None, recorded).cache_identity == RECORDED_IDENTITY
+    others = [WhisperOptions(encoder="ctranslate2"), WhisperOptions(encoder="ctranslate2", encoder_window="fit",
+                                                                    temperature_fallback=True)]
+    assert RECORDED_IDENTITY not in {WhisperBackend(None, options).cache_identity for options in others}
 
 
 def espeak_151() -> bool:

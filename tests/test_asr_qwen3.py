@@ -11,7 +11,7 @@ import torch
 from alignatt.asr.base import Word
 from alignatt.asr.qwen3 import Qwen3AsrBackend, Qwen3AsrOptions, attach_times
 from alignatt.devices import resolve_dtype
-from alignatt.stream.audio import SAMPLE_RATE_HZ, AudioBuffer
+from alignatt.audio import SAMPLE_RATE_HZ, AudioBuffer
 from alignatt.stream.transcriber import IncrementalTranscriber
 from tiny_asr import build_tiny_asr
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from alignatt.asr.base import AsrBackend, Word
-from alignatt.stream.audio import SAMPLE_RATE_HZ
+from alignatt.audio import SAMPLE_RATE_HZ
 from alignatt.stream.cascade import Cascade, CascadeOptions
 from alignatt.policy.guards import GuardOptions
 from alignatt.stream.transcriber import TranscriberOptions

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
-from alignatt.stream.audio import SAMPLE_RATE_HZ, AudioBuffer, StreamResampler, to_float32_mono
+from alignatt.audio import SAMPLE_RATE_HZ, AudioBuffer, StreamResampler, to_float32_mono
 
 
 def feed_in_random_chunks(buffer: AudioBuffer, samples: np.ndarray, rate_hz: int, seed: int = 0) -> None:
@@ -70,7 +70,7 @@ def test_other_dtypes_are_rejected(dtype):
 def test_stereo_is_downmixed_with_one_warning(caplog):
     frames = np.stack([np.full(100, 0.5), np.full(100, -0.1)], axis=1).astype(np.float32)  # (frames, channels)
     buffer = AudioBuffer()
-    with caplog.at_level(logging.WARNING, logger="alignatt.stream.audio"):
+    with caplog.at_level(logging.WARNING, logger="alignatt.audio"):
         buffer.append(frames)
         buffer.append(frames)
     np.testing.assert_allclose(buffer.view(0.0), 0.2, atol=1e-7)
@@ -84,7 +84,7 @@ def test_int16_stereo_is_scaled_then_averaged():
 
 
 def test_channels_first_layout_and_higher_ranks_are_rejected(caplog):
-    with caplog.at_level(logging.WARNING, logger="alignatt.stream.audio"), pytest.raises(ValueError, match="frames, channels"):
+    with caplog.at_level(logging.WARNING, logger="alignatt.audio"), pytest.raises(ValueError, match="frames, channels"):
         AudioBuffer().append(np.zeros((2, 13600), dtype=np.float32))
     assert not any("downmixing" in record.message for record in caplog.records)  # rejected, not "13600 channels"
     with pytest.raises(ValueError, match="1-D"):
@@ -94,7 +94,7 @@ def test_channels_first_layout_and_higher_ranks_are_rejected(caplog):
 def test_non_finite_samples_become_zero_with_one_warning_per_talk(caplog):
     chunk = np.array([0.1, np.nan, np.inf, -np.inf, 0.2], dtype=np.float32)
     buffer = AudioBuffer()
-    with caplog.at_level(logging.WARNING, logger="alignatt.stream.audio"):
+    with caplog.at_level(logging.WARNING, logger="alignatt.audio"):
         for _ in range(50):
             buffer.append(chunk)
     np.testing.assert_array_equal(buffer.view(0.0)[:5], np.array([0.1, 0, 0, 0, 0.2], dtype=np.float32))
@@ -103,7 +103,7 @@ def test_non_finite_samples_become_zero_with_one_warning_per_talk(caplog):
 
 def test_samples_beyond_full_scale_are_clipped_with_one_warning(caplog):
     buffer = AudioBuffer()
-    with caplog.at_level(logging.WARNING, logger="alignatt.stream.audio"):
+    with caplog.at_level(logging.WARNING, logger="alignatt.audio"):
         for _ in range(10):
             buffer.append(np.array([1000.0, -3.0, 0.5], dtype=np.float32))
     np.testing.assert_array_equal(buffer.view(0.0)[:3], np.array([1.0, -1.0, 0.5], dtype=np.float32))

@@ -4,18 +4,20 @@ from types import SimpleNamespace
 
 import pytest
 
-from alignatt.policy.policies import (AlignAttPolicy, LocalAgreementPolicy, PolicySelection, SentenceDecisions,
-                                WaitKPolicy, agreed_units, draft_units, make_policy, wait_k_quota)
-from alignatt.stream.cascade import Cascade, CascadeOptions
 from alignatt.factory import DEFAULT_PRESET, PRESETS, add_arguments, check_known, with_gate, with_preset
-from alignatt.policy.guards import GuardOptions
-from alignatt.options import dataclass_from_args
-from alignatt.policy.gate import GateDecision, PolicyConfig
+from alignatt.mt.alignment import TokenAlignment
 from alignatt.mt.prompt import PromptConfig
-from alignatt.stream.source import SourceOptions
-from alignatt.text_units import split_units
-from alignatt.stream.transcriber import TranscriberOptions
 from alignatt.mt.translator import DraftResult, Translator, TranslatorConfig
+from alignatt.options import dataclass_from_args
+from alignatt.policy.gate import GateConfig
+from alignatt.policy.guards import GuardOptions
+from alignatt.policy.policies import (AlignAttPolicy, Decision, LocalAgreementPolicy, PolicySelection,
+                                      SentenceDecisions, WaitKPolicy, agreed_units, draft_units, make_policy,
+                                      wait_k_quota)
+from alignatt.stream.cascade import Cascade, CascadeOptions
+from alignatt.stream.source import SourceOptions
+from alignatt.stream.transcriber import TranscriberOptions
+from alignatt.text_units import split_units
 from test_cascade import HEADS, TALK, TimelineAsr, feed, timeline
 from tiny_models import build_gemma4_conditional
 
@@ -68,53 +70,75 @@ class CharTranslator:
         return "".join(map(chr, token_ids))
 
 
-def scripted(text: str, ended: bool = False, new_text: str = "", prefix: str = "") -> DraftResult:
-    """A draft of `text` (one token per character) continuing the accepted `prefix`."""
-    prompt = SimpleNamespace(target_prefix=prefix)
-    return DraftResult(prompt, tuple(map(ord, text)), ended, ended, None, GateDecision(0, ()), new_text)
+HEARD = TokenAlignment((0,), 0.0, 0.0)  # looks at the first source unit: heard whatever the frontier
+UNHEARD = TokenAlignment((99,), 99.0, 1.0)  # looks far past any frontier
+
+
+def scripted(text: str, ended: bool = False, gated: str = "", prefix: str = "") -> DraftResult:
+    """A draft of `text` (one token per character) continuing the accepted `prefix`, whose heads look at heard
+    source for the characters of `gated` (a prefix of `text`) and past the frontier for the next one."""
+    assert text.startswith(gated)
+    alignments = (HEARD,) * len(gated) + ((UNHEARD,) if len(gated) < len(text) else ())
+    prompt = SimpleNamespace(target_prefix=prefix, n_units=1, n_accessible_units=0, unit_text=lambda unit: "?")
+    return DraftResult(prompt, tuple(map(ord, text)), ended, None, alignments)
+
+
+# A draft's end completes its last unit only with the hold_draft_end guard off.
+ENDS_FREELY = GuardOptions(hold_draft_end=False)
 
 
 def test_local_agreement_on_scripted_drafts():
-    policy, state, reader = LocalAgreementPolicy(), SentenceDecisions(), CharTranslator()
-    assert policy.accept(scripted("Wir schlagen ein"), reader, 2, state) == ""  # no previous draft yet
+    policy, state, reader = LocalAgreementPolicy(ENDS_FREELY), SentenceDecisions(), CharTranslator()
+    assert policy.decide(scripted("Wir schlagen ein"), reader, 2, state).text == ""  # no previous draft yet
     assert state.previous_units == ("Wir", "schlagen")  # "ein" may still grow: not a complete unit
-    assert policy.accept(scripted("Wir schlagen eine neue Meth"), reader, 4, state) == "Wir schlagen"
+    assert policy.decide(scripted("Wir schlagen eine neue Meth"), reader, 4, state).text == "Wir schlagen"
     # The next draft continues after "Wir schlagen": compared with what the last one had after it.
     assert state.previous_units == ("eine", "neue")
-    assert policy.accept(scripted(" eine neue Methode vor", ended=True), reader, 6, state) == " eine neue"
+    assert policy.decide(scripted(" eine neue Methode vor", ended=True), reader, 6, state).text == " eine neue"
     assert state.previous_units == ("Methode", "vor") and state.n_units_written == 4
-    assert policy.accept(scripted(" Methoden", ended=True), reader, 6, state) == ""
-    assert policy.accept(scripted(" Methoden vor", ended=True), reader, 7, state) == " Methoden"
+    assert policy.decide(scripted(" Methoden", ended=True), reader, 6, state).text == ""
+    assert policy.decide(scripted(" Methoden vor", ended=True), reader, 7, state).text == " Methoden"
 
 
 def test_wait_k_on_scripted_drafts():
-    policy, state, reader = WaitKPolicy(2), SentenceDecisions(), CharTranslator()
-    assert policy.accept(scripted("Wir schlagen eine neue"), reader, 1, state) == ""
-    assert policy.accept(scripted("Wir schlagen eine neue"), reader, 2, state) == "Wir"
-    assert policy.accept(scripted(" schlagen eine neue Methode"), reader, 5, state) == " schlagen eine neue"
+    policy, state, reader = WaitKPolicy(2, ENDS_FREELY), SentenceDecisions(), CharTranslator()
+    assert policy.decide(scripted("Wir schlagen eine neue"), reader, 1, state).text == ""
+    assert policy.decide(scripted("Wir schlagen eine neue"), reader, 2, state).text == "Wir"
+    assert policy.decide(scripted(" schlagen eine neue Methode"), reader, 5, state).text == " schlagen eine neue"
     assert state.n_units_written == 4
-    assert policy.accept(scripted(" Methode vor"), reader, 9, state) == " Methode"  # "vor" may be cut short
-    assert policy.accept(scripted(" vor", ended=True), reader, 9, state) == " vor"
+    assert policy.decide(scripted(" Methode vor"), reader, 9, state).text == " Methode"  # "vor" may be cut short
+    assert policy.decide(scripted(" vor", ended=True), reader, 9, state).text == " vor"
 
 
-def test_alignatt_policy_keeps_the_gate_s_text():
-    assert AlignAttPolicy().accept(scripted("Wir schlagen", new_text="Wir"), CharTranslator(), 1,
-                                   SentenceDecisions()) == "Wir"
+def test_the_draft_end_guard_holds_the_last_unit_of_an_ended_draft():
+    reader = CharTranslator()
+    assert LocalAgreementPolicy().decide(scripted(" vor", ended=True), reader, 9,
+                                         SentenceDecisions(previous_units=("vor",))).text == ""
+    assert LocalAgreementPolicy(ENDS_FREELY).decide(scripted(" vor", ended=True), reader, 9,
+                                                    SentenceDecisions(previous_units=("vor",))).text == " vor"
+    assert AlignAttPolicy().decide(scripted(" vor", ended=True, gated=" vor"), reader, 9, SentenceDecisions()).text == ""
+    assert AlignAttPolicy(guards=ENDS_FREELY).decide(scripted(" vor", ended=True, gated=" vor"), reader, 9,
+                                                    SentenceDecisions()).text == " vor"
+
+
+def test_alignatt_policy_writes_the_whole_units_the_gate_accepted():
+    assert AlignAttPolicy().decide(scripted("Wir schlagen", gated="Wir"), CharTranslator(), 1,
+                                   SentenceDecisions()).text == "Wir"
 
 
 def test_alignatt_lead_cap_only_vetoes_within_the_frontier_budget():
     policy, state, reader = AlignAttPolicy(max_lead_units=0), SentenceDecisions(), CharTranslator()
-    gated = "Wir schlagen eine neue"  # what the gate let through
-    assert policy.accept(scripted(gated, new_text=gated), reader, 0, state) == ""  # nothing heard yet
-    assert policy.accept(scripted(gated, new_text=gated), reader, 2, state) == "Wir schlagen"
+    gated = "Wir schlagen eine neue"  # the gate lets it all through; "neue" may still grow
+    assert policy.decide(scripted(gated, gated=gated), reader, 0, state).text == ""  # nothing heard yet
+    assert policy.decide(scripted(gated, gated=gated), reader, 2, state).text == "Wir schlagen"
     assert state.n_units_written == 2
     # The budget never adds text the gate stopped: 5 accessible units, but the gate passed one unit only.
-    assert policy.accept(scripted(" eine neue", new_text=" eine"), reader, 5, state) == " eine"
-    assert AlignAttPolicy(max_lead_units=1).accept(scripted(gated, new_text=gated), reader, 2,
-                                                   SentenceDecisions()) == "Wir schlagen eine"
+    assert policy.decide(scripted(" eine neue", gated=" eine"), reader, 5, state).text == " eine"
+    assert AlignAttPolicy(max_lead_units=1).decide(scripted(gated, gated=gated), reader, 2,
+                                                   SentenceDecisions()).text == "Wir schlagen eine"
     # Cut inside the text, the cap still never leaves a sentence end behind.
-    assert AlignAttPolicy(max_lead_units=0).accept(scripted("Ja. Wir", new_text="Ja. Wir"), reader, 1,
-                                                   SentenceDecisions()) == ""
+    assert AlignAttPolicy(max_lead_units=0).decide(scripted("Ja. Wir", gated="Ja. Wir"), reader, 1,
+                                                   SentenceDecisions()).text == ""
     with pytest.raises(ValueError, match="max_lead_units"):
         PolicySelection("alignatt", max_lead_units=-2)
     assert make_policy(PolicySelection(max_lead_units=1)) == AlignAttPolicy(1)
@@ -143,15 +167,12 @@ class OracleTranslator:
 
     char_level = False
 
-    # Its guesses change from step to step, unlike greedy decoding: a repeated input must be drafted again.
-    guards = GuardOptions(skip_unchanged_drafts=False)
-
     def __init__(self):
         self.n_steps = 0
 
     @staticmethod
-    def describe_stop(result):
-        return ""
+    def token_text(token_id):
+        return chr(token_id)
 
     @staticmethod
     def translation(source):
@@ -165,16 +186,20 @@ class OracleTranslator:
         assert words[: len(written)] == written, "a draft always continues the accepted prefix"
         return (" " if written else "") + " ".join(words[len(written):])
 
-    def draft(self, source, n_accessible_units, target_prefix="", history=(), until_rejected=False, max_units=None):
+    def draft(self, source, n_accessible_units, target_prefix="", history=(), stop_at=None, max_units=None):
         self.n_steps += 1
         words = self.translation(source)
         text = self._rest(words + [f"GUESS{self.n_steps}", "MORE"], target_prefix)
         gated = self._rest(words[:n_accessible_units], target_prefix) if n_accessible_units > len(
             target_prefix.split()) else ""
-        return scripted(text, new_text=gated)
+        return scripted(text, gated=gated)
 
-    def finish(self, source, target_prefix="", history=(), must_continue=False):
+    def finish(self, source, target_prefix="", history=(), must_continue=False, stop_text=None):
         return self._rest(self.translation(source), target_prefix)
+
+
+# The oracle's guesses change from step to step, unlike greedy decoding: a repeated input must be drafted again.
+ORACLE_GUARDS = GuardOptions(skip_unchanged_drafts=False)
 
 
 class Recording:
@@ -183,23 +208,25 @@ class Recording:
     def __init__(self, policy):
         self.policy = policy
         self.steps = []
-        self.until_rejected = policy.until_rejected
 
     def quota(self, n_accessible_units, state):
         return self.policy.quota(n_accessible_units, state)
 
-    def accept(self, result, translator, n_accessible_units, state):
+    def stop_rule(self, n_accessible_units):
+        return self.policy.stop_rule(n_accessible_units)
+
+    def decide(self, result, translator, n_accessible_units, state) -> Decision:
         units = draft_units(translator.continuation_text(result.prompt, result.draft_ids), result.ended,
                             False).units
-        text = self.policy.accept(result, translator, n_accessible_units, state)
-        self.steps.append((n_accessible_units, units, tuple(split_units(text)), state))
-        return text
+        decision = self.policy.decide(result, translator, n_accessible_units, state)
+        self.steps.append((n_accessible_units, units, tuple(split_units(decision.text)), state))
+        return decision
 
 
-def run_talk(policy, translator, seconds=8.0):
+def run_talk(policy, translator, seconds=8.0, guards=GuardOptions()):
     recording = Recording(policy)
     cascade = Cascade(TimelineAsr(timeline(TALK)), translator, CascadeOptions(step_ms=500, min_audio_s=1.0),
-                      policy=recording)
+                      policy=recording, guards=guards)
     units = [u for out in feed(cascade, seconds) for u in out] + cascade.finish()
     return units, recording.steps
 
@@ -217,14 +244,14 @@ def per_sentence(steps):
 @pytest.mark.parametrize("policy", [AlignAttPolicy(), LocalAgreementPolicy(), WaitKPolicy(1), WaitKPolicy(3)],
                          ids=["alignatt", "local-agreement", "wait-k1", "wait-k3"])
 def test_every_policy_writes_the_whole_translation_once(policy):
-    units, steps = run_talk(policy, OracleTranslator())
+    units, steps = run_talk(policy, OracleTranslator(), guards=ORACLE_GUARDS)
     assert units == OracleTranslator.translation(TALK)  # append-only, nothing lost, no guess ever written
     assert len({id(state) for *_, state in steps}) >= 2, "several sentences were drafted, each with its own state"
 
 
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_wait_k_in_the_cascade_respects_the_lag(k):
-    _, steps = run_talk(WaitKPolicy(k), OracleTranslator())
+    _, steps = run_talk(WaitKPolicy(k), OracleTranslator(), guards=ORACLE_GUARDS)
     assert any(accepted for _, _, accepted, _ in steps)
     for accessible, before, _, accepted, _ in per_sentence(steps):
         # units i = before .. before + len(accepted) - 1 of the sentence each need k + i accessible source units
@@ -232,7 +259,7 @@ def test_wait_k_in_the_cascade_respects_the_lag(k):
 
 
 def test_local_agreement_in_the_cascade_writes_only_agreed_units():
-    _, steps = run_talk(LocalAgreementPolicy(), OracleTranslator())
+    _, steps = run_talk(LocalAgreementPolicy(), OracleTranslator(), guards=ORACLE_GUARDS)
     assert any(accepted for _, _, accepted, _ in steps)
     previous, state_before = None, None  # the previous draft of the same sentence, after what it let through
     for _, units, accepted, state in steps:
@@ -266,7 +293,7 @@ def resolved(*flags):
     args = with_gate(with_preset(parser.parse_args(list(flags))))
     cascade = dataclass_from_args(CascadeOptions, args)
     return (cascade, dataclass_from_args(SourceOptions, args, "source-"),
-            dataclass_from_args(PolicyConfig, args).border_units,
+            dataclass_from_args(GateConfig, args).border_units,
             dataclass_from_args(TranscriberOptions, args).stable_words)
 
 
@@ -295,7 +322,7 @@ def test_presets_set_step_and_gate_and_explicit_flags_win():
     # SimulStream's YAML names only what it sets: the preset (low unless named) fills in the rest.
     from_yaml = with_preset(argparse.Namespace(border_units=3))
     assert dataclass_from_args(SourceOptions, from_yaml, "source-").margin_ms == PRESETS["low"]["source_margin_ms"]
-    assert dataclass_from_args(PolicyConfig, from_yaml).border_units == 3
+    assert dataclass_from_args(GateConfig, from_yaml).border_units == 3
     # --gate published replaces the preset's frontier: every transcribed word is heard.
     cascade, source, _, _ = resolved("--preset", "low", "--gate", "published")
     assert (source.margin_ms, source.require_stable) == (0.0, False)
@@ -324,26 +351,26 @@ def test_gate_operating_points():
 def test_baselines_stop_before_a_degenerate_loop(policy):
     reader, draft = CharTranslator(), "Schritt -mit -mit -mit -mit -mit -mit und"
     state = SentenceDecisions()
-    policy.accept(scripted(draft), reader, 40, state)
-    assert policy.accept(scripted(draft), reader, 40, state) == "Schritt -mit -mit -mit"
+    policy.decide(scripted(draft), reader, 40, state).text
+    assert policy.decide(scripted(draft), reader, 40, state).text == "Schritt -mit -mit -mit"
     # Copies written in earlier steps count too.
     state = SentenceDecisions()
-    policy.accept(scripted(" -mit -mit und", prefix="Schritt -mit -mit"), reader, 40, state)
-    assert policy.accept(scripted(" -mit -mit und", prefix="Schritt -mit -mit"), reader, 40, state) == " -mit"
+    policy.decide(scripted(" -mit -mit und", prefix="Schritt -mit -mit"), reader, 40, state).text
+    assert policy.decide(scripted(" -mit -mit und", prefix="Schritt -mit -mit"), reader, 40, state).text == " -mit"
     loose = type(policy)(*([1] if isinstance(policy, WaitKPolicy) else []), guards=GuardOptions(loop_repeats=0))
     state = SentenceDecisions()
-    loose.accept(scripted(draft), reader, 40, state)
-    assert loose.accept(scripted(draft), reader, 40, state) == "Schritt -mit -mit -mit -mit -mit -mit"
+    loose.decide(scripted(draft), reader, 40, state).text
+    assert loose.decide(scripted(draft), reader, 40, state).text == "Schritt -mit -mit -mit -mit -mit -mit"
 
 
 @pytest.mark.parametrize("policy", [LocalAgreementPolicy(), WaitKPolicy(1)], ids=["local-agreement", "wait-k1"])
 def test_baselines_hold_back_a_sentence_end_of_an_open_sentence(policy):
     reader, state = CharTranslator(), SentenceDecisions()
-    policy.accept(scripted("Ich bin Sarah. Und"), reader, 20, state)
-    text = policy.accept(scripted("Ich bin Sarah. Und"), reader, 20, state)
+    policy.decide(scripted("Ich bin Sarah. Und"), reader, 20, state).text
+    text = policy.decide(scripted("Ich bin Sarah. Und"), reader, 20, state).text
     assert text == "Ich bin"  # "Sarah." would end the text in a full stop; "Und" may still grow
     free = type(policy)(*([1] if isinstance(policy, WaitKPolicy) else []),
                        guards=GuardOptions(hold_sentence_end=False))
     state = SentenceDecisions()
-    free.accept(scripted("Ich bin Sarah. Und"), reader, 20, state)
-    assert free.accept(scripted("Ich bin Sarah. Und"), reader, 20, state).endswith("Sarah.")
+    free.decide(scripted("Ich bin Sarah. Und"), reader, 20, state).text
+    assert free.decide(scripted("Ich bin Sarah. Und"), reader, 20, state).text.endswith("Sarah.")

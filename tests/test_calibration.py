@@ -339,13 +339,22 @@ def test_alignment_quality_aer(tmp_path):
     assert quality.aer == pytest.approx(1 - (1 + 2) / (3 + 1))
 
 
-def test_shipped_gold_file_fits_the_data():
+@pytest.mark.parametrize("lang", ["de", "it", "zh"])
+def test_shipped_gold_file_fits_the_data(lang):
+    """Gold links index the calibration units (characters on zh targets); the gold pairs are FLEURS pairs,
+    none of them a few-shot example of the direction."""
     from pathlib import Path
 
-    gold = read_gold(Path(__file__).resolve().parents[1] / "data" / "gold" / "en-de.fleurs.jsonl")
+    from alignatt.mt.prompt import read_few_shot
+
+    root = Path(__file__).resolve().parents[1]
+    gold = read_gold(root / "data" / "gold" / f"en-{lang}.fleurs.jsonl")
     assert len(gold) >= 10
+    pairs = {(p.source, p.target) for p in read_pairs(root / "data" / "parallel" / f"en-{lang}.fleurs.jsonl", lang)}
+    shown = {s for s, _ in read_few_shot(root / "alignatt" / "assets" / "few_shot" / f"en-{lang}.jsonl")}
     for g in gold:
-        n_src, n_tgt = len(g.source.split()), len(g.target.split())
+        assert (g.source, g.target) in pairs and g.source not in shown
+        n_src, n_tgt = make_pair(1, g.source, g.target, lang).n_units
         assert all(i < n_src and j < n_tgt for i, j in g.possible)
         assert g.sure <= g.possible
 
@@ -459,6 +468,29 @@ def test_command_with_the_builtin_aligner(tmp_path, saved_planted_model):
     alignment = HeadsFile.load(out).calibration["alignments"]
     assert alignment["name"] == "eflomal" and alignment["trained_on_pairs"] == 40
     assert len(read_pharaoh(links)) == 40
+
+
+def test_few_shot_pairs_are_not_scored(tmp_path, saved_planted_model):
+    """A pair the prompt shows as a few-shot example (every repeat of it, matched on source or target) is
+    left out of scoring; the others are scored."""
+    pairs = [make_pair(1, "a  b", "x y", "de"), make_pair(2, "c", "z", "de"), make_pair(3, "a b", "x y", "de"),
+             make_pair(4, "d", "x y", "de"), make_pair(5, "e", "w", "de")]
+    kept = select_heads.drop_few_shot_pairs(pairs, (("a b", "x y"), ("e f", "q")))
+    assert [p.line for p in kept] == [2, 5]
+    assert select_heads.drop_few_shot_pairs(pairs, ()) == pairs
+
+    pairs_path, links_path = write_toy_data(tmp_path)
+    shown = json.loads(pairs_path.read_text().splitlines()[0])
+    shots = tmp_path / "shots.jsonl"
+    shots.write_text(json.dumps(shown) + "\n")
+    out = tmp_path / "heads.json"
+    assert run_command(saved_planted_model, pairs_path, links_path, out, "--max-pairs", "20") == 0
+    data = HeadsFile.load(out).calibration["data"]
+    assert data["few_shot_lines_dropped"] == 0 and data["pairs_scored"] == 10
+    assert run_command(saved_planted_model, pairs_path, links_path, out, "--max-pairs", "20",
+                       "--few-shot-file", str(shots)) == 0
+    data = HeadsFile.load(out).calibration["data"]
+    assert data["few_shot_lines_dropped"] == 1 and data["pairs_scored"] == 9
 
 
 def test_command_reports_bad_alignment_file(tmp_path, saved_planted_model, capsys):

@@ -1,15 +1,17 @@
 """The per-talk cascade on a scripted ASR timeline: commit, finish, append-only output, bounded work."""
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from alignatt.asr.base import AsrBackend, Word
-from alignatt.stream.audio import SAMPLE_RATE_HZ
+from alignatt.audio import SAMPLE_RATE_HZ
 from alignatt.stream.cascade import Cascade, CascadeOptions
 from alignatt.mt.capture import HeadRef
 from alignatt.policy.guards import GuardOptions
-from alignatt.policy.gate import GateDecision
+from alignatt.mt.alignment import TokenAlignment
+from alignatt.policy.policies import AlignAttPolicy
 from alignatt.mt.prompt import PromptConfig
 from alignatt.stream.source import SourceOptions
 from alignatt.text_units import split_units
@@ -38,21 +40,41 @@ class TimelineAsr(AsrBackend):
 
 
 class SpyTranslator(Translator):
-    """The real translator, recording what it was asked."""
+    """The real translator, recording what it was asked; with a `SpyPolicy`, also what each draft wrote."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.calls = []
 
-    def draft(self, source, n_accessible_units, target_prefix="", history=(), until_rejected=False, max_units=None):
-        result = super().draft(source, n_accessible_units, target_prefix, history, until_rejected, max_units)
-        self.calls.append(("draft", source, n_accessible_units, target_prefix, result.new_text))
+    def draft(self, source, n_accessible_units, target_prefix="", history=(), stop_at=None, max_units=None):
+        result = super().draft(source, n_accessible_units, target_prefix, history, stop_at, max_units)
+        self.calls.append(["draft", source, n_accessible_units, target_prefix, ""])
         return result
 
-    def finish(self, source, target_prefix="", history=(), must_continue=False):
-        text = super().finish(source, target_prefix, history, must_continue)
-        self.calls.append(("finish", source, None, target_prefix, text))
+    def finish(self, source, target_prefix="", history=(), must_continue=False, stop_text=None):
+        text = super().finish(source, target_prefix, history, must_continue, stop_text)
+        self.calls.append(["finish", source, None, target_prefix, text])
         return text
+
+
+class SpyPolicy(AlignAttPolicy):
+    """AlignAtt, noting what each draft wrote in the translator's record of its calls."""
+
+    def decide(self, result, translator, n_accessible_units, state):
+        decision = super().decide(result, translator, n_accessible_units, state)
+        translator.calls[-1][4] = decision.text  # a reused draft wrote nothing before and writes nothing again
+        return decision
+
+
+HEARD = TokenAlignment((0,), 0.0, 0.0)  # looks at the first source unit: heard whatever the frontier
+UNHEARD = TokenAlignment((99,), 99.0, 1.0)  # looks past any frontier
+
+
+def written_draft(text: str, target_prefix: str) -> DraftResult:
+    """A draft (one token per character) whose heads let exactly `text` through: the gate stops the space after it,
+    which also completes its last unit."""
+    prompt = SimpleNamespace(target_prefix=target_prefix, n_units=1, n_accessible_units=0, unit_text=lambda u: "?")
+    return DraftResult(prompt, tuple(map(ord, text + " ")), False, None, (HEARD,) * len(text) + (UNHEARD,))
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +98,7 @@ TALK = "Hello world, this is it. We propose a new method today. And it works"
 def test_talk_end_to_end(translator):
     translator.calls.clear()
     asr = TimelineAsr(timeline(TALK))
-    cascade = Cascade(asr, translator, CascadeOptions(step_ms=500, min_audio_s=2.0))
+    cascade = Cascade(asr, translator, CascadeOptions(step_ms=500, min_audio_s=2.0), policy=SpyPolicy())
     outputs = feed(cascade, 8.0)
     assert outputs[:7] == [[]] * 7  # nothing before 2 s of audio
     units = [u for out in outputs for u in out] + cascade.finish()
@@ -129,28 +151,27 @@ def test_empty_and_silent_talks_write_nothing(translator):
 
 
 class FixedTranslator:
-    """Stands in for the LLM where only the cascade's bookkeeping is under test."""
+    """Stands in for the LLM where only the cascade's bookkeeping is under test (tokens are code points)."""
 
     char_level = False
-    guards = GuardOptions()
 
     def __init__(self):
         self.max_source_words = 0
 
-    def draft(self, source, n_accessible_units, target_prefix="", history=(), until_rejected=False, max_units=None):
+    def draft(self, source, n_accessible_units, target_prefix="", history=(), stop_at=None, max_units=None):
         self.max_source_words = max(self.max_source_words, len(source.split()))
-        return DraftResult(None, (), False, False, None, GateDecision(0, ()), "" if target_prefix else " wort")
+        return written_draft("" if target_prefix else " wort", target_prefix)
 
-    def finish(self, source, target_prefix="", history=(), must_continue=False):
+    def finish(self, source, target_prefix="", history=(), must_continue=False, stop_text=None):
         return " ende."
 
     @staticmethod
     def continuation_text(prompt, token_ids):
-        return ""
+        return "".join(map(chr, token_ids))
 
     @staticmethod
-    def describe_stop(result):
-        return ""
+    def token_text(token_id):
+        return chr(token_id)
 
 
 def test_twenty_minute_talk_has_bounded_work():
@@ -175,17 +196,16 @@ def test_twenty_minute_talk_has_bounded_work():
 class ScriptedTranslator(FixedTranslator):
     """Writes `first_text` on its first draft and nothing after; records every call."""
 
-    def __init__(self, first_text="", guards=GuardOptions()):
+    def __init__(self, first_text=""):
         super().__init__()
-        self.first_text, self.guards = first_text, guards
+        self.first_text = first_text
         self.drafts, self.finishes = [], []
 
-    def draft(self, source, n_accessible_units, target_prefix="", history=(), until_rejected=False, max_units=None):
+    def draft(self, source, n_accessible_units, target_prefix="", history=(), stop_at=None, max_units=None):
         self.drafts.append((source, n_accessible_units, target_prefix))
-        text = self.first_text if len(self.drafts) == 1 else ""
-        return DraftResult(None, (7,), False, False, None, GateDecision(0, ()), text)
+        return written_draft(self.first_text if len(self.drafts) == 1 else "", target_prefix)
 
-    def finish(self, source, target_prefix="", history=(), must_continue=False):
+    def finish(self, source, target_prefix="", history=(), must_continue=False, stop_text=None):
         self.finishes.append((source, target_prefix, must_continue))
         return " fertig."
 
@@ -197,9 +217,9 @@ def test_open_sentence_is_drafted_without_the_asr_s_full_stop():
     feed(cascade, 1.25)  # "world." (ends at 1.05 s) is in the hypothesis but not yet committed
     sources = [source for source, _, _ in translator.drafts]
     assert "Hello world" in sources and not any(s.endswith(".") for s in sources)
-    off = ScriptedTranslator(guards=GuardOptions(strip_open_punctuation=False))
-    feed(Cascade(TimelineAsr(timeline("Hello world. Then more")), off,
-                 CascadeOptions(step_ms=250, min_audio_s=0.25)), 1.25)
+    off = ScriptedTranslator()
+    feed(Cascade(TimelineAsr(timeline("Hello world. Then more")), off, CascadeOptions(step_ms=250, min_audio_s=0.25),
+                 guards=GuardOptions(strip_open_punctuation=False)), 1.25)
     assert "Hello world." in [source for source, _, _ in off.drafts]
 
 
@@ -218,8 +238,9 @@ def test_unchanged_steps_reuse_the_draft_and_say_so():
     assert last.transcript == "And it works" and last.n_source_units == 3
     assert last.n_stable_units == 3 and last.n_accessible_units == 3 and last.written == ""
     # Without the guard every step drafts again.
-    again = ScriptedTranslator(guards=GuardOptions(skip_unchanged_drafts=False))
-    feed(Cascade(TimelineAsr(timeline("And it works")), again, CascadeOptions(step_ms=250, min_audio_s=0.25)), 4.0)
+    again = ScriptedTranslator()
+    feed(Cascade(TimelineAsr(timeline("And it works")), again, CascadeOptions(step_ms=250, min_audio_s=0.25),
+                 guards=GuardOptions(skip_unchanged_drafts=False)), 4.0)
     assert len(again.drafts) == len(drafting)
 
 
@@ -235,9 +256,9 @@ def test_frontier_excludes_the_word_the_asr_just_added():
 
 
 def test_early_full_stop_makes_the_final_pass_continue():
-    translator = ScriptedTranslator(" Ich bin Sarah.")  # a guard-less translator writing a sentence end early
+    translator = ScriptedTranslator(" Ich bin Sarah.")  # a sentence end written early, as the published gate may
     cascade = Cascade(TimelineAsr(timeline("I am Sarah and today I talk about translation.")), translator,
-                      CascadeOptions(step_ms=500, min_audio_s=1.0))
+                      CascadeOptions(step_ms=500, min_audio_s=1.0), guards=GuardOptions(hold_sentence_end=False))
     units = [u for out in feed(cascade, 5.0) for u in out] + cascade.finish()
     assert units[:3] == ["Ich", "bin", "Sarah."]
     source, prefix, must_continue = translator.finishes[0]
@@ -300,12 +321,11 @@ class WordForWordTranslator(ScriptedTranslator):
         german = [self.LEXICON[w.rstrip(".").lower()] + "." * w.endswith(".") for w in words]
         return "".join(" " + w for w in german[len(target_prefix.split()):])
 
-    def draft(self, source, n_accessible_units, target_prefix="", history=(), until_rejected=False, max_units=None):
+    def draft(self, source, n_accessible_units, target_prefix="", history=(), stop_at=None, max_units=None):
         self.drafts.append((source, n_accessible_units, target_prefix))
-        text = self.translate(source.split()[:n_accessible_units], target_prefix)
-        return DraftResult(None, (7,), False, False, None, GateDecision(0, ()), text)
+        return written_draft(self.translate(source.split()[:n_accessible_units], target_prefix), target_prefix)
 
-    def finish(self, source, target_prefix="", history=(), must_continue=False):
+    def finish(self, source, target_prefix="", history=(), must_continue=False, stop_text=None):
         self.finishes.append((source, target_prefix, must_continue))
         return self.translate(source.split(), target_prefix)
 
@@ -315,9 +335,10 @@ def test_a_sentence_the_translation_ran_past_is_finished_with_the_next_one(monke
     tail = SourceOptions(margin_ms=0, require_stable=False, first_sentence_only=False)
 
     def talk(carry):
-        translator = WordForWordTranslator(guards=GuardOptions(hold_sentence_end=False, hold_draft_end=False))
+        translator = WordForWordTranslator()
         cascade = Cascade(LateAgreeingAsr(timeline("Hello world. Then more words"), n_flicker=7), translator,
-                          CascadeOptions(carry_committed=carry, **options), source_options=tail)
+                          CascadeOptions(carry_committed=carry, **options), source_options=tail,
+                          guards=GuardOptions(hold_sentence_end=False, hold_draft_end=False))
         units = [u for out in feed(cascade, 2.5) for u in out] + cascade.finish()
         return units, translator.finishes
 

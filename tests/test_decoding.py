@@ -3,6 +3,8 @@
 CPU runs the same dynamo graphs as CUDA (fullgraph, so any Python side effect in the capture would fail
 to trace) with the aot_eager backend; CUDA graphs themselves need a GPU (alignatt_eval/bench/decode.py).
 """
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -11,11 +13,15 @@ import torch
 from transformers import CompileConfig, GenerationConfig, StaticCache
 
 from alignatt.mt.capture import HeadRef, capture_heads, new_key_index
-from alignatt.mt.decoding import CACHE_KWARG, DecodeConfig, EagerDecoder, Request, StaticDecoder, make_decoder
+from alignatt.accel.options import AccelOptions
+from alignatt.generation import CACHE_KWARG
+from alignatt.mt.decoding import (MODEL_HEAD, DecodeConfig, DecodeHooks, EagerDecoder, Request,
+                                  StaticDecoder, make_decoder)
 from alignatt.mt.prompt import PromptConfig
 from alignatt.mt.replay import replay
 from alignatt.mt.static_capture import StaticQKCapture
 from alignatt.mt.translator import Translator
+from alignatt.policy.policies import AlignAttPolicy, SentenceDecisions
 from tiny_models import SLIDING_WINDOW, build, build_gemma4_conditional, build_qwen3
 
 HEADS = [HeadRef(2, 0), HeadRef(5, 1), HeadRef(1, 3), HeadRef(4, 2)]  # full, KV-shared full, sliding, shared
@@ -121,10 +127,12 @@ def gemma_model(gemma_tok):
     return build_gemma4_conditional(vocab_size=len(gemma_tok))
 
 
-def same_decision(a, b) -> bool:
-    """Same accepted tokens and per-token head alignments (masses may differ in the last float bits)."""
-    return (a.gate.n_accepted_tokens == b.gate.n_accepted_tokens and a.new_text == b.new_text
-            and [v.head_units for v in a.gate.verdicts] == [v.head_units for v in b.gate.verdicts])
+def same_decision(a, b, n_heard: int, translators) -> bool:
+    """Same per-token head alignments and the same AlignAtt decision (masses may differ in the last float bits)."""
+    decisions = [AlignAttPolicy().decide(r, t, n_heard, SentenceDecisions()) for r, t in zip((a, b), translators)]
+    return (decisions[0].gate.n_accepted_tokens == decisions[1].gate.n_accepted_tokens
+            and decisions[0].text == decisions[1].text
+            and [x.head_units for x in a.alignments] == [x.head_units for x in b.alignments])
 
 
 def translator_with(model, tok, decode_config, **prompt):
@@ -140,7 +148,7 @@ def test_static_paths_draft_like_the_eager_path(gemma_model, gemma_tok, decode_c
     for n_heard, prefix in ((3, ""), (5, "Wir"), (9, "Wir schlagen")):
         a, b = eager.draft(SOURCE, n_heard, prefix), static.draft(SOURCE, n_heard, prefix)
         assert a.draft_ids == b.draft_ids
-        assert same_decision(a, b)
+        assert same_decision(a, b, n_heard, (eager, static))
         assert np.abs(a.attention.source - b.attention.source).max() < 2e-5
     assert eager.finish(SOURCE, "Wir") == static.finish(SOURCE, "Wir")
 
@@ -185,7 +193,7 @@ def test_a_prompt_longer_than_the_static_cache_falls_back_to_eager(gemma_model, 
     eager = translator_with(gemma_model, gemma_tok, DecodeConfig(decode="eager"))
     small = translator_with(gemma_model, gemma_tok, DecodeConfig(decode="static", max_cache_tokens=40))
     a, b = eager.draft(SOURCE, 5, "Wir"), small.draft(SOURCE, 5, "Wir")
-    assert a.draft_ids == b.draft_ids and same_decision(a, b)
+    assert a.draft_ids == b.draft_ids and same_decision(a, b, 5, (eager, small))
     assert "exceeds the static cache (40)" in caplog.text
 
 
@@ -194,11 +202,30 @@ def test_decode_config():
         DecodeConfig(decode="fast")
     with pytest.raises(ValueError, match="max_cache_tokens must be at least 32"):
         DecodeConfig(max_cache_tokens=0)
-    with pytest.raises(ValueError, match="lookahead_tokens must be >= 0"):
-        DecodeConfig(lookahead_tokens=-1)
+    with pytest.raises(ValueError, match="draft_reuse_tokens must be >= 0"):
+        AccelOptions(draft_reuse_tokens=-1)
     assert DecodeConfig().resolved(torch.device("cpu")) == "eager"
     assert DecodeConfig().resolved(torch.device("cuda")) == "compiled"
     assert isinstance(make_decoder(build("gemma4"), HEADS, DecodeConfig()), EagerDecoder)
+
+
+def test_the_decoder_without_accel_uses_the_model_s_head_and_imports_no_accel_module():
+    """The engine's seam: without a `DecodeAccel` (the GPU's path) the decoder runs the model's own head and
+    generate() alone, and neither it nor the cascade around it imports `alignatt.accel`, which plugs in through
+    the hooks only (`alignatt.factory`)."""
+    model = build("gemma3", vocab_size=512)
+    static = make_decoder(model, HEADS[:1], DecodeConfig(decode="static", max_cache_tokens=64))
+    assert static.head is MODEL_HEAD and static.draft_reuse is None
+    asked = []
+    hooks = DecodeHooks(draft_reuse=object())
+    compiled = make_decoder(model, HEADS[:1], DecodeConfig(decode="compiled", max_cache_tokens=64),
+                            accel=lambda model, mode: asked.append(mode) or hooks)
+    assert asked == ["compiled"] and compiled.draft_reuse is None  # no eager pass between graph replays
+    code = ("import sys, alignatt.mt.decoding, alignatt.mt.translator, alignatt.mt.loading, alignatt.stream.cascade, "
+            "alignatt.asr.whisper, alignatt.asr.qwen3, alignatt.policy.policies; "
+            "loaded = [m for m in sys.modules if m.startswith('alignatt.accel')]; assert not loaded, loaded")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_static_decoder_without_capture_request_returns_no_rows(gemma_model):
@@ -242,7 +269,7 @@ def test_static_path_on_other_architectures(kind, gemma_tok, qwen_tok):
                    for config in (DecodeConfig(decode="eager"), DecodeConfig(decode="static", max_cache_tokens=512))]
     for n_heard in (4, 7, 10):
         eager, static = (t.draft(SOURCE, n_heard, "Proponiamo") for t in translators)
-        assert eager.draft_ids == static.draft_ids and same_decision(eager, static)
+        assert eager.draft_ids == static.draft_ids and same_decision(eager, static, n_heard, translators)
     assert translators[0].finish(SOURCE) == translators[1].finish(SOURCE)
 
 
@@ -253,7 +280,7 @@ def test_a_compiler_failure_falls_back_to_eager(gemma_model, gemma_tok, failing_
     broken.warm_up()
     assert broken.decoder.compile_failed and "compiled decoding failed" in caplog.text
     a, b = eager.draft(SOURCE, 5, "Wir"), broken.draft(SOURCE, 5, "Wir")
-    assert a.draft_ids == b.draft_ids and same_decision(a, b)
+    assert a.draft_ids == b.draft_ids and same_decision(a, b, 5, (eager, broken))
 
 
 def test_one_compiled_decode_graph_with_tensor_inputs_only(gemma_tok):

@@ -52,7 +52,7 @@ def test_offline_defaults_fill_only_what_the_user_did_not_set(monkeypatch):
     assert args.style == "chat"  # the user's flag wins over the proxy default
     assert args.mt_decode == "static" and args.mt_max_cache_tokens == 1024  # prompt KV reuse pays on CPU here
     assert args.whisper_encoder_window == "fit"  # less ASR time, so the demo keeps pace
-    assert args.mt_lookahead_tokens == 4  # fewer forward passes of the translator, the same text
+    assert args.mt_draft_reuse_tokens == 4  # fewer forward passes of the translator, the same text
     assert demo.parse_args(["--whisper-encoder-window", "30s"]).whisper_encoder_window == "30s"
     assert Path(args.heads) == REPO / "alignatt" / "mt" / "heads_files" / "gemma-3-270m.en-de.json"
     assert Path(args.reference) == REPO / "alignatt" / "assets" / "speech" / "two_cities.de.txt"  # the default talk's reference

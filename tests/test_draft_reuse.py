@@ -1,7 +1,5 @@
-"""Lookahead on the static path: a call's first tokens proposed from earlier calls and verified in one pass give
+"""Draft reuse on the static path: a call's first tokens proposed from earlier calls and verified in one pass give
 generate()'s tokens and capture with fewer forward passes."""
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import torch
@@ -9,12 +7,14 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from alignatt.mt.capture import HeadRef
 from alignatt.mt.decoding import DecodeConfig, Request, StaticDecoder
+from alignatt.accel.draft_reuse import (ColumnHead, DraftReuse, NgramProposer, accepted_prefix, greedy_tokens,
+                                        head_by_columns, processed_rows)
+from alignatt.accel.options import AccelOptions
 from alignatt.accel.screened_head import make_screen
-from alignatt.accel.draft_reuse import (ColumnHead, NgramProposer, accepted_prefix, greedy_tokens, head_by_columns,
-                                processed_rows)
 from alignatt.mt.prompt import PromptConfig
 from alignatt.mt.replay import replay
 from alignatt.mt.translator import Translator
+from alignatt.policy.policies import AlignAttPolicy, SentenceDecisions
 from tiny_models import build, build_gemma4_conditional
 
 HEADS = [HeadRef(2, 0), HeadRef(5, 1), HeadRef(1, 3), HeadRef(4, 2)]  # full, KV-shared full, sliding, shared
@@ -41,17 +41,18 @@ def talk_of_calls(translator: Translator) -> list:
     results = []
     for n_words, prefix in ((4, ""), (6, ""), (6, ""), (9, "Wir"), (12, "Wir schlagen")):
         result = translator.draft(" ".join(WORDS[:n_words]), n_words - 1, prefix)
-        results.append((result.draft_ids, result.gate.n_accepted_tokens, result.new_text, result.attention))
+        decision = AlignAttPolicy().decide(result, translator, n_words - 1, SentenceDecisions())
+        results.append((result.draft_ids, [x.head_units for x in result.alignments], decision.text, result.attention))
     results.append(translator.finish(" ".join(WORDS), "Wir schlagen"))
     return results
 
 
-def test_lookahead_gives_generates_tokens_and_attention_in_fewer_forward_passes(gemma_model, gemma_tok):
+def test_draft_reuse_gives_generates_tokens_and_attention_in_fewer_forward_passes(gemma_model, gemma_tok):
     plain = Translator(gemma_model, gemma_tok, HEADS, PromptConfig(target_lang="de"),
                        decode_config=DecodeConfig(**STATIC))
     looking = Translator(gemma_model, gemma_tok, HEADS, PromptConfig(target_lang="de"),
-                         decode_config=DecodeConfig(**STATIC, lookahead_tokens=4))
-    assert looking.decoder.proposer is not None and plain.decoder.proposer is None
+                         decode_config=DecodeConfig(**STATIC), accel=AccelOptions(draft_reuse_tokens=4).decode_hooks)
+    assert looking.decoder.draft_reuse is not None and plain.decoder.draft_reuse is None
     counts = []
     outputs = []
     for translator in (plain, looking):
@@ -63,7 +64,7 @@ def test_lookahead_gives_generates_tokens_and_attention_in_fewer_forward_passes(
         if isinstance(a, str):
             assert a == b
             continue
-        assert a[:3] == b[:3]  # tokens, accepted count, written text
+        assert a[:3] == b[:3]  # tokens, where the heads point, written text
         assert np.abs(a[3].source - b[3].source).max() < 2e-5  # the gate's attention, up to rounding
     assert counts[1] < counts[0]
 
@@ -79,9 +80,10 @@ class StopAtToken(StoppingCriteria):
 PROMPT = list(range(10, 40))
 
 
-def decoder_pair(model, lookahead_tokens: int = 8) -> tuple[StaticDecoder, StaticDecoder]:
+def decoder_pair(model, draft_reuse_tokens: int = 8) -> tuple[StaticDecoder, StaticDecoder]:
     return (StaticDecoder(model, HEADS, DecodeConfig(**STATIC), compile=False),
-            StaticDecoder(model, HEADS, DecodeConfig(**STATIC, lookahead_tokens=lookahead_tokens), compile=False))
+            StaticDecoder(model, HEADS, DecodeConfig(**STATIC), compile=False,
+                          draft_reuse=DraftReuse(model, draft_reuse_tokens)))
 
 
 def request(max_new_tokens=6, eos=(1,), stop_after=None, suppress=None) -> Request:
@@ -101,7 +103,7 @@ def test_a_stop_inside_the_verified_tokens_ends_the_call_where_generate_would(ge
     plain, looking = decoder_pair(gemma_model)
     whole = plain.generate(request()).token_ids
     looking.generate(request())  # remembered: the next call's proposal
-    assert looking.proposer.propose(PROMPT, 8) == whole and len(set(whole[:2])) == 2
+    assert looking.draft_reuse.proposer.propose(PROMPT, 8) == whole and len(set(whole[:2])) == 2
     if cut.startswith("criterion"):
         cut_request, n_kept = request(stop_after=int(cut[-1])), int(cut[-1])
     elif cut == "end token":
@@ -183,19 +185,20 @@ def test_the_accepted_prefix_reads_no_row_past_the_first_departure():
 
 @pytest.mark.parametrize("kind", ["gemma3", "gemma4"])  # gemma4: a soft cap after the head
 def test_a_screened_verification_gives_the_full_heads_tokens_and_never_computes_the_full_head(kind, monkeypatch):
-    """The screened head verifies the proposal row by row: the same tokens as decoding without lookahead, for calls
+    """The screened head verifies the proposal row by row: the same tokens as decoding without draft reuse, for calls
     whose proposals hold, calls whose proposals depart at once and a call whose proposed first token is suppressed;
     every row read is screened (the full head neither by columns nor unscreened)."""
     model = build(kind, vocab_size=4096)
-    config = DecodeConfig(**STATIC, lm_head="screened")
+    config = DecodeConfig(**STATIC)
 
-    def decoder(lookahead_tokens: int = 0) -> StaticDecoder:
-        return StaticDecoder(model, HEADS[:1], replace(config, lookahead_tokens=lookahead_tokens), compile=False,
-                             screen=make_screen(model, "screened", False))
-    plain, looking = decoder(), decoder(lookahead_tokens=4)
-    monkeypatch.setattr("alignatt.mt.decoding.head_by_columns", None)  # the full head's path would fail
+    def decoder(draft_reuse_tokens: int = 0) -> StaticDecoder:
+        hooks = AccelOptions(lm_head="screened", draft_reuse_tokens=draft_reuse_tokens).decode_hooks(model, "static")
+        return StaticDecoder(model, HEADS[:1], config, compile=False, head=hooks.head, draft_reuse=hooks.draft_reuse)
+    plain, looking = decoder(), decoder(draft_reuse_tokens=4)
+    assert looking.draft_reuse.screen is looking.head  # the verification reads the decoder's own screen
+    monkeypatch.setattr("alignatt.accel.draft_reuse.head_by_columns", None)  # the full head's path would fail
     rows = []  # (rows the pass offered, rows read)
-    offered, counts = looking.screen.processed_rows, looking.screen.counts
+    offered, counts = looking.head.processed_rows, looking.head.counts
 
     def counted(hidden, merged, n_prompt_tokens):
         scores_of, entry = offered(hidden, merged, n_prompt_tokens), [len(hidden), 0]
@@ -208,7 +211,7 @@ def test_a_screened_verification_gives_the_full_heads_tokens_and_never_computes_
             assert counts.tokens == screened_before + 1  # screened, not the full head's unscreened path
             return scores
         return read
-    monkeypatch.setattr(looking.screen, "processed_rows", counted)
+    monkeypatch.setattr(looking.head, "processed_rows", counted)
 
     def request(ids: list[int], suppressed: list[int]) -> Request:
         generation = GenerationConfig(max_new_tokens=8, do_sample=False, repetition_penalty=1.05, eos_token_id=1,

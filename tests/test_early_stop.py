@@ -1,19 +1,19 @@
 """Drafts that stop where nothing after them could be written, with the same written text as whole drafts.
 
-The gate is causal (a token's verdict depends on its own and earlier rows only), so generation can stop right
-after the token the gate rejects; a policy with a quota (wait-k, the AlignAtt lead cap) never writes past its
+The gate is causal (a token's verdict depends on its own and earlier rows only, each row read once), so
+generation can stop right after the token the gate rejects; a policy with a quota (wait-k, the AlignAtt lead cap) never writes past its
 quota, so generation can stop once the draft has started one unit more; a quota of 0 needs no draft at all.
 """
 import numpy as np
 import pytest
 from transformers import GenerationConfig
 
-from alignatt.stream.audio import SAMPLE_RATE_HZ
+from alignatt.audio import SAMPLE_RATE_HZ
 from alignatt.policy.policies import AlignAttPolicy, SentenceDecisions, WaitKPolicy
 from alignatt.mt.capture import HeadRef
 from alignatt.stream.cascade import Cascade, CascadeOptions
 from alignatt.mt.decoding import DecodeConfig, Request
-from alignatt.policy.gate import PolicyConfig
+from alignatt.policy.gate import GateConfig
 from alignatt.mt.prompt import PromptConfig
 from alignatt.mt.translator import Translator, TranslatorConfig
 from test_cascade import TimelineAsr, timeline
@@ -30,9 +30,13 @@ def gemma_model(gemma_tok):
     return build_gemma4_conditional(vocab_size=len(gemma_tok))
 
 
-def translator(model, tok, decode="eager", query_row="own", policy_config=PolicyConfig()):
+def translator(model, tok, decode="eager", query_row="own"):
     return Translator(model, tok, HEADS, PromptConfig(target_lang="de"), TranslatorConfig(max_draft_tokens=10),
-                      policy_config=policy_config, decode_config=DECODES[decode], query_row=query_row)
+                      decode_config=DECODES[decode], query_row=query_row)
+
+
+def decide(policy, result, t, n_heard, written=0):
+    return policy.decide(result, t, n_heard, SentenceDecisions(n_units_written=written))
 
 
 def same_verdicts(a, b, exact: bool) -> bool:
@@ -49,23 +53,24 @@ def same_verdicts(a, b, exact: bool) -> bool:
 @pytest.mark.parametrize("decode, query_row", [("eager", "own"), ("eager", "predicting"), ("static", "own")])
 def test_draft_stops_right_after_the_rejected_token_and_accepts_the_same(gemma_model, gemma_tok, decode,
                                                                           query_row):
-    t = translator(gemma_model, gemma_tok, decode, query_row)
+    t, policy = translator(gemma_model, gemma_tok, decode, query_row), AlignAttPolicy()
     n_cut = 0
     for n_heard in range(0, N_SOURCE_UNITS + 1, 4):
         for prefix in ("", "Wir"):
-            whole = t.draft(SOURCE, n_heard, prefix)
-            early = t.draft(SOURCE, n_heard, prefix, until_rejected=True)
-            assert early.new_text == whole.new_text
+            whole = decide(policy, t.draft(SOURCE, n_heard, prefix), t, n_heard)
+            early_draft = t.draft(SOURCE, n_heard, prefix, stop_at=policy.stop_rule(n_heard))
+            early = decide(policy, early_draft, t, n_heard)
+            assert early.text == whole.text
             assert same_verdicts(early.gate, whole.gate, exact=decode == "eager")
-            assert early.draft_ids == whole.draft_ids[: len(early.draft_ids)]
-            rejected = whole.gate.n_accepted_tokens < len(whole.gate.verdicts)
-            if rejected:
+            whole_draft = t.draft(SOURCE, n_heard, prefix)
+            assert early_draft.draft_ids == whole_draft.draft_ids[: len(early_draft.draft_ids)]
+            if whole.gate.stopped:
                 # The rejected token's row exists once the next token is generated under "own".
                 judged_by = whole.gate.n_accepted_tokens + (2 if query_row == "own" else 1)
-                assert len(early.draft_ids) == min(judged_by, len(whole.draft_ids))
-                n_cut += len(early.draft_ids) < len(whole.draft_ids)
+                assert len(early_draft.draft_ids) == min(judged_by, len(whole_draft.draft_ids))
+                n_cut += len(early_draft.draft_ids) < len(whole_draft.draft_ids)
             else:
-                assert early.draft_ids == whole.draft_ids
+                assert early_draft.draft_ids == whole_draft.draft_ids
     assert n_cut > 0, "no draft was cut short: the test proves nothing"
 
 
@@ -80,8 +85,7 @@ def test_draft_stops_past_the_quota_and_the_policy_writes_the_same(gemma_model, 
                 continue
             whole = t.draft(SOURCE, n_heard, prefix)
             early = t.draft(SOURCE, n_heard, prefix, max_units=quota)
-            texts = [policy.accept(result, t, n_heard, SentenceDecisions(n_units_written=written))
-                     for result in (whole, early)]
+            texts = [decide(policy, result, t, n_heard, written).text for result in (whole, early)]
             assert texts[0] == texts[1]
             assert early.draft_ids == whole.draft_ids[: len(early.draft_ids)]
             n_cut += len(early.draft_ids) < len(whole.draft_ids)
@@ -92,9 +96,10 @@ TALK = "Hello world, this is it. We propose a new method today. And it works"
 
 
 def test_a_talk_writes_the_same_with_fewer_draft_tokens(gemma_model, gemma_tok):
-    policy = AlignAttPolicy(max_lead_units=0)  # stops at the gate and at the quota, and skips quota-0 drafts
-    # A strict gate: the diffuse random heads put little mass on any one unheard word, under the default floor.
-    t = translator(gemma_model, gemma_tok, policy_config=PolicyConfig(border_units=0, soft_floor_mass=0.0))
+    # Stops at the gate and at the quota, and skips quota-0 drafts. A strict gate: the diffuse random heads put
+    # little mass on any one unheard word, under the default floor.
+    policy = AlignAttPolicy(max_lead_units=0, gate=GateConfig(border_units=0, soft_floor_mass=0.0))
+    t = translator(gemma_model, gemma_tok)
 
     def run(whole_drafts):
         cascade = Cascade(TimelineAsr(timeline(TALK)), t,

@@ -5,7 +5,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from alignatt.accel.gguf_cache import DEFAULT_CACHE_DIR, DONE, cache_key, converted_checkpoint
+from alignatt.accel.gguf_cache import DONE, cache_key, converted_checkpoint
+from alignatt.mt.loading import DEFAULT_GGUF_CACHE_DIR
 
 TEXT = "English: It was the best of times.\nGerman: Es war die beste aller Zeiten, für Übersetzungen.\n"
 
@@ -18,9 +19,9 @@ def gguf():
 
 
 def test_converted_gemma3_gives_the_gguf_s_tokens_and_logits(gguf):
-    folder = converted_checkpoint(str(gguf.parent), gguf.name, DEFAULT_CACHE_DIR)
+    folder = converted_checkpoint(str(gguf.parent), gguf.name, DEFAULT_GGUF_CACHE_DIR)
     assert (folder / DONE).is_file()
-    assert converted_checkpoint(str(gguf.parent), gguf.name, DEFAULT_CACHE_DIR) == folder  # no second conversion
+    assert converted_checkpoint(str(gguf.parent), gguf.name, DEFAULT_GGUF_CACHE_DIR) == folder  # no second conversion
     direct_tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     cached_tokenizer = AutoTokenizer.from_pretrained(folder)
     ids = direct_tokenizer(TEXT, return_tensors="pt").input_ids

@@ -1,8 +1,9 @@
 """The guards against premature sentence ends and lost content, as pure functions."""
 import pytest
 
-from alignatt.policy.guards import (GuardOptions, cut_loop, drop_loop_copies, ends_in_loop, ends_sentence, final_pass_budget,
-                             hold_sentence_end, strip_sentence_final, trim_repeated_start)
+from alignatt.policy.guards import (GuardOptions, cut_loop, drop_loop_copies, ends_in_loop, ends_sentence,
+                                    final_pass_must_continue, hold_sentence_end, strip_sentence_final,
+                                    trim_repeated_start)
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -102,10 +103,12 @@ def test_a_generation_ends_in_a_loop_once_its_last_group_repeats():
     assert ends_in_loop("哈哈哈哈", True, 4)
 
 
-def test_final_pass_budget():
-    assert [final_pass_budget(n, 160) for n in (0, 3, 20, 50)] == [32, 33, 84, 160]
-
-
 def test_guard_options_reject_negative_repeat():
     with pytest.raises(ValueError):
         GuardOptions(min_repeat_units=-1)
+
+
+def test_a_final_pass_must_continue_after_an_early_sentence_end():
+    assert final_pass_must_continue("Ich bin Sarah.", n_source_units=9, n_units_heard_for_prefix=3)
+    assert not final_pass_must_continue("Ich bin Sarah.", n_source_units=3, n_units_heard_for_prefix=3)
+    assert not final_pass_must_continue("Ich bin", n_source_units=9, n_units_heard_for_prefix=3)

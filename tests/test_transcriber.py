@@ -3,16 +3,16 @@ import numpy as np
 import pytest
 
 from alignatt.asr.base import AsrBackend, Word
-from alignatt.stream.audio import SAMPLE_RATE_HZ, AudioBuffer
+from alignatt.audio import SAMPLE_RATE_HZ, AudioBuffer
 from alignatt.stream.source import SourceOptions, SourceState
 from alignatt.stream.transcriber import (
     IncrementalTranscriber,
     TranscriberOptions,
     agreed_prefix_len,
     aligned_stable_len,
-    is_sentence_end,
     split_sentences,
 )
+from alignatt.text_units import is_sentence_end
 
 
 def words(text: str, start_s: float = 0.0, step_s: float = 0.5) -> list[Word]:

@@ -9,11 +9,12 @@ import torch
 
 from alignatt.mt.capture import HeadRef
 from alignatt.mt.decoding import Generated
-from alignatt.policy.guards import GuardOptions
 from alignatt.mt.heads import HeadsFile, HeadScore, HeadsFileError
-from alignatt.policy.gate import PolicyConfig, complete_units_text
 from alignatt.mt.prompt import PromptConfig
 from alignatt.mt.translator import Translator, TranslatorConfig
+from alignatt.policy.gate import GateConfig, complete_units_text
+from alignatt.policy.guards import GuardOptions, final_pass_stop, final_pass_text
+from alignatt.policy.policies import AlignAttPolicy, SentenceDecisions, may_end
 from alignatt_eval.runners.offline_tokenizers import gemma_tokenizer, qwen_tokenizer
 from tiny_models import build_gemma4_conditional, build_qwen3
 
@@ -31,6 +32,24 @@ def translator(gemma_model, gemma_tok):
     return Translator(gemma_model, gemma_tok, HEADS, PromptConfig(target_lang="de"))
 
 
+def decided(translator, result, n_heard, policy=AlignAttPolicy()):
+    """What AlignAtt writes from a draft, with the gate's verdicts."""
+    return policy.decide(result, translator, n_heard, SentenceDecisions())
+
+
+def gated(translator, source, n_heard, prefix="", policy=AlignAttPolicy()):
+    """A draft as the cascade makes it under AlignAtt (stopped after the first token the gate stops), and what the
+    policy writes from it."""
+    result = translator.draft(source, n_heard, prefix, stop_at=policy.stop_rule(n_heard))
+    return result, decided(translator, result, n_heard, policy)
+
+
+def finished(translator, source, prefix="", guards=GuardOptions(), **kwargs):
+    """A final pass with the guards the cascade applies to it."""
+    text = translator.finish(source, prefix, stop_text=final_pass_stop(guards, translator.char_level), **kwargs)
+    return final_pass_text(prefix, text, translator.char_level, guards)
+
+
 def test_draft_is_the_model_s_own_greedy_output(translator, gemma_model):
     result = translator.draft(SOURCE, 5, "Wir")
     ids = torch.tensor([result.prompt.input_ids])
@@ -43,11 +62,21 @@ def test_draft_is_the_model_s_own_greedy_output(translator, gemma_model):
 
 def test_accepted_text_is_a_unit_complete_prefix_of_the_draft(translator):
     result = translator.draft(SOURCE, 5, "Wir")
+    decision = decided(translator, result, 5)
     draft_text = translator.continuation_text(result.prompt, result.draft_ids)
-    assert draft_text.startswith(result.new_text)
-    accepted = translator.continuation_text(result.prompt, result.draft_ids[: result.gate.n_accepted_tokens])
-    assert result.new_text == accepted[: len(result.new_text)]
-    assert len(result.gate.verdicts) == min(result.gate.n_accepted_tokens + 1, len(result.draft_ids))
+    assert draft_text.startswith(decision.text)
+    accepted = translator.continuation_text(result.prompt, result.draft_ids[: decision.gate.n_accepted_tokens])
+    assert decision.text == accepted[: len(decision.text)]
+    assert len(decision.gate.verdicts) == min(decision.gate.n_accepted_tokens + 1, len(result.draft_ids))
+
+
+def test_a_draft_stopped_at_the_gate_reads_its_tokens_as_the_whole_draft_does(translator):
+    whole = translator.draft(SOURCE, 5, "Wir")
+    early, decision = gated(translator, SOURCE, 5, "Wir")
+    assert decision.gate.stopped, "the premise: the gate stops this draft"
+    assert len(early.draft_ids) < len(whole.draft_ids) and early.draft_ids == whole.draft_ids[: len(early.draft_ids)]
+    assert early.alignments == whole.alignments[: len(early.alignments)]  # each row read once, the same either way
+    assert decision == decided(translator, whole, 5)
 
 
 def test_attention_masses_partition_each_row(translator):
@@ -65,14 +94,16 @@ def judged_tokens(result, query_row):
 
 @pytest.mark.parametrize("query_row", ["own", "predicting"])
 def test_fully_heard_source_accepts_every_judged_token(gemma_model, gemma_tok, query_row):
-    translator = Translator(gemma_model, gemma_tok, HEADS, PromptConfig(target_lang="de"), query_row=query_row,
-                            guards=GuardOptions(hold_sentence_end=False))
+    translator = Translator(gemma_model, gemma_tok, HEADS, PromptConfig(target_lang="de"), query_row=query_row)
+    policy = AlignAttPolicy(guards=GuardOptions(hold_sentence_end=False))
     result = translator.draft(SOURCE, len(SOURCE.split()), "")
-    assert result.gate.n_accepted_tokens == len(result.gate.verdicts) == judged_tokens(result, query_row)
-    accepted = translator.continuation_text(result.prompt, result.draft_ids[: result.gate.n_accepted_tokens])
+    decision = decided(translator, result, len(SOURCE.split()), policy)
+    assert decision.gate.n_accepted_tokens == len(decision.gate.verdicts) == judged_tokens(result, query_row)
+    assert len(result.alignments) == judged_tokens(result, query_row)
+    accepted = translator.continuation_text(result.prompt, result.draft_ids[: decision.gate.n_accepted_tokens])
     rest = translator.continuation_text(result.prompt, result.draft_ids)[len(accepted):]
-    expected = complete_units_text(accepted, rest if rest else ("" if result.may_end else None), False)
-    assert result.new_text == expected
+    expected = complete_units_text(accepted, rest if rest else ("" if may_end(result, policy.guards) else None), False)
+    assert decision.text == expected
 
 
 def eager_attention(model, ids):
@@ -131,14 +162,11 @@ def test_final_pass_after_an_early_full_stop_goes_on(gemma_tok):
 
 
 def test_draft_end_is_held_while_the_sentence_is_open(gemma_tok):
-    model = eos_first_model(gemma_tok)
-    hold = Translator(model, gemma_tok, HEADS, PromptConfig(target_lang="de"))
-    published = Translator(model, gemma_tok, HEADS, PromptConfig(target_lang="de"),
-                           guards=GuardOptions(hold_draft_end=False))
-    # A one-token draft that ends: held back by default, written when the guard is off.
-    first = hold.draft(SOURCE, len(SOURCE.split()), "Wir")
-    assert first.ended and not first.may_end
-    assert published.draft(SOURCE, len(SOURCE.split()), "Wir").may_end
+    translator = Translator(eos_first_model(gemma_tok), gemma_tok, HEADS, PromptConfig(target_lang="de"))
+    # A draft that ends at once: its end completes nothing by default, and ends the text when the guard is off.
+    first = translator.draft(SOURCE, len(SOURCE.split()), "Wir")
+    assert first.ended and not may_end(first, GuardOptions())
+    assert may_end(first, GuardOptions(hold_draft_end=False))
 
 
 def looping_model(gemma_tok, word=" Haus"):
@@ -147,15 +175,15 @@ def looping_model(gemma_tok, word=" Haus"):
 
 
 def test_a_degenerate_loop_is_cut_in_drafts_and_final_passes(gemma_tok):
-    model = looping_model(gemma_tok)
-    guarded = Translator(model, gemma_tok, HEADS, PromptConfig(target_lang="de"))
-    loose = Translator(model, gemma_tok, HEADS, PromptConfig(target_lang="de"), guards=GuardOptions(loop_repeats=0))
-    assert loose.finish(SOURCE, "Wir").split().count("Haus") > 10  # what the model writes
-    assert guarded.finish(SOURCE, "Wir") == " Haus Haus Haus"
-    assert guarded.finish(SOURCE, "Wir Haus Haus") == " Haus"  # copies already written count
+    translator = Translator(looping_model(gemma_tok), gemma_tok, HEADS, PromptConfig(target_lang="de"))
+    loose = GuardOptions(loop_repeats=0)
+    assert finished(translator, SOURCE, "Wir", loose).split().count("Haus") > 10  # what the model writes
+    assert finished(translator, SOURCE, "Wir") == " Haus Haus Haus"
+    assert finished(translator, SOURCE, "Wir Haus Haus") == " Haus"  # copies already written count
     everything_heard = len(SOURCE.split())
-    assert guarded.draft(SOURCE, everything_heard, "Wir").new_text == " Haus Haus Haus"
-    assert loose.draft(SOURCE, everything_heard, "Wir").new_text.split().count("Haus") > 3
+    assert gated(translator, SOURCE, everything_heard, "Wir")[1].text == " Haus Haus Haus"
+    assert gated(translator, SOURCE, everything_heard, "Wir",
+                 AlignAttPolicy(guards=loose))[1].text.split().count("Haus") > 3
 
 
 def test_a_looping_final_pass_stops_early_with_the_same_text(gemma_tok):
@@ -171,32 +199,32 @@ def test_a_looping_final_pass_stops_early_with_the_same_text(gemma_tok):
         return generated
 
     translator.decoder.generate = recording
-    stopped = translator.finish(SOURCE, "Wir")
+    stopped = finished(translator, SOURCE, "Wir")
     translator.decoder.generate = functools.partial(recording, stop=False)
-    assert stopped == translator.finish(SOURCE, "Wir") == " Haus Haus Haus"
+    assert stopped == finished(translator, SOURCE, "Wir") == " Haus Haus Haus"
     haus_tokens = len(gemma_tok.encode(" Haus", add_special_tokens=False))
     assert generated_tokens[0] == 8 * haus_tokens < generated_tokens[1]  # 2 x loop_repeats copies, then it stops
     translator.decoder.generate = recording
-    assert translator.finish(SOURCE, "Wir Haus Haus Haus") == ""
+    assert finished(translator, SOURCE, "Wir Haus Haus Haus") == ""
     assert generated_tokens[-1] == 5 * haus_tokens  # the copies already written count
 
 
-def test_finish_budget_grows_with_the_source(gemma_model, gemma_tok):
-    from alignatt.policy.guards import final_pass_budget
-
-    assert final_pass_budget(2, 160) == 32 and final_pass_budget(20, 160) == 84 and final_pass_budget(60, 160) == 160
+def test_finish_budget_grows_with_the_source():
+    config = TranslatorConfig(max_final_tokens=160)
+    assert [config.final_budget(n) for n in (0, 2, 3, 20, 50, 60)] == [32, 32, 33, 84, 160, 160]
 
 
 def test_nothing_heard_accepts_nothing(gemma_model, gemma_tok):
-    strict = Translator(gemma_model, gemma_tok, HEADS, PromptConfig(target_lang="de"),
-                        policy_config=PolicyConfig(border_units=0, soft_floor_mass=0.0))
-    result = strict.draft(SOURCE, 0, "")
-    assert result.gate.n_accepted_tokens == 0 and result.new_text == ""
+    translator = Translator(gemma_model, gemma_tok, HEADS, PromptConfig(target_lang="de"))
+    strict = AlignAttPolicy(gate=GateConfig(border_units=0, soft_floor_mass=0.0))
+    result, decision = gated(translator, SOURCE, 0, "", strict)
+    assert decision.gate.n_accepted_tokens == 0 and decision.text == ""
+    assert len(result.alignments) == 1  # the draft stopped after its first token
 
 
 def test_empty_source_drafts_nothing(translator):
     result = translator.draft("", 0, "")
-    assert result.draft_ids == () and result.new_text == ""
+    assert result.draft_ids == () and result.alignments == ()
     assert translator.finish("  ") == ""
 
 
@@ -215,8 +243,7 @@ def test_finish_runs_to_the_end_without_gate(gemma_model, gemma_tok):
 def test_chinese_target_trims_per_character(gemma_model, gemma_tok):
     translator = Translator(gemma_model, gemma_tok, HEADS, PromptConfig(target_lang="zh"))
     assert translator.char_level
-    result = translator.draft(SOURCE, len(SOURCE.split()), "我们")
-    assert "\ufffd" not in result.new_text
+    assert "\ufffd" not in gated(translator, SOURCE, len(SOURCE.split()), "我们")[1].text
 
 
 def test_plain_prompt_for_base_models_stops_at_line_end(gemma_model):
@@ -224,7 +251,7 @@ def test_plain_prompt_for_base_models_stops_at_line_end(gemma_model):
     translator = Translator(gemma_model, tokenizer, HEADS, PromptConfig(style="plain", target_lang="it"),
                             TranslatorConfig(max_final_tokens=40), few_shot=[("Hello.", "Ciao.")])
     assert "\n" not in translator.finish(SOURCE)
-    assert "\n" not in translator.draft(SOURCE, 4).new_text
+    assert "\n" not in gated(translator, SOURCE, 4)[1].text
 
 
 def test_plain_translation_ends_where_the_model_starts_another_example(gemma_model):

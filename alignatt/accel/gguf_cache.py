@@ -21,7 +21,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CACHE_DIR = "~/.cache/alignatt4llm/gguf"
 DONE = "converted.ok"  # written last: a folder without it is an interrupted conversion
 
 
@@ -33,7 +32,8 @@ def cache_key(gguf_path: Path) -> str:
 
 def converted_checkpoint(model_dir: str, gguf_file: str, cache_dir: str) -> Path | None:
     """Folder of the converted checkpoint of the local file MODEL_DIR/GGUF_FILE, converting it on first use.
-    None for a hub id (nothing local to key on): the caller loads the GGUF directly."""
+    None for a hub id (nothing local to key on): the caller loads the GGUF directly. The `resolve_checkpoint` hook
+    of `alignatt.mt.loading.load_model_and_tokenizer`."""
     gguf_path = Path(model_dir) / gguf_file
     if not gguf_path.is_file():
         return None

@@ -14,20 +14,18 @@ them to the full logits; it is used only where those are the only processors.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Callable, ContextManager
 
 import torch
 from torch import nn
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import (RepetitionPenaltyLogitsProcessor,
                                                     SuppressTokensAtBeginLogitsProcessor)
-
-if TYPE_CHECKING:
-    from alignatt.accel.draft_reuse import RowScores  # which imports this module
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +46,9 @@ NEUTRAL = {"guidance_scale": (None, 1.0), "sequence_bias": (None,), "encoder_rep
            "output_scores": (None, False), "output_logits": (None, False)}
 # generate() arguments the decoders pass (the attention mask is passed apart); any other may change the config.
 SCREENABLE_KWARGS = {"stopping_criteria", "past_key_values", "cache"}  # the cache's name since transformers 5.24
+# The processed scores (1, vocab) of row r of a verification pass, given the tokens before the one it predicts
+# (1, n) as generate()'s logits processors see them (`alignatt.accel.draft_reuse`).
+RowScores = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 def dot_rounding(n_terms: int) -> float:
@@ -281,7 +282,7 @@ def merged_generation_config(model, generation: GenerationConfig) -> GenerationC
     try:
         return model._prepare_generation_config(generation)[0]
     except Exception as err:  # a private API: if it changes, decode as plainly as possible rather than guess
-        logger.warning("cannot read generate()'s merged config (%s): full fp32 head, no lookahead", err)
+        logger.warning("cannot read generate()'s merged config (%s): full fp32 head, no draft reuse", err)
         return None
 
 
@@ -331,7 +332,7 @@ class ScreenedHead:
         return self.capped(torch.nn.functional.linear(hidden, self.quantised.weight))
 
     def processed_rows(self, hidden: torch.Tensor, merged: GenerationConfig, n_prompt_tokens: int) -> RowScores:
-        """`alignatt.accel.draft_reuse.RowScores` for the hidden rows (n_rows, hidden) of one pass: row r's processed scores
+        """`RowScores` for the hidden rows (n_rows, hidden) of one pass: row r's processed scores
         as generate() would hand them to its greedy choice after the first r generated tokens, with the full head's
         greedy token, screened like a generate() step (`merged` as `session` takes it)."""
         session = self.session(merged, n_prompt_tokens)
@@ -362,6 +363,13 @@ class ScreenedHead:
 
     def install(self, session: _Session) -> "InstalledHead":
         return InstalledHead(self.model, _ScreenedHeadModule(session))
+
+    def generate_args(self, generation: GenerationConfig, generate_kwargs: dict, n_prompt_tokens: int
+                      ) -> tuple[GenerationConfig, dict, ContextManager]:
+        """The decoder's `GreedyHead` hook (`alignatt.mt.decoding`): `screened_generate_args`, the full head's
+        unchanged arguments where the screen does not serve."""
+        generation, kwargs, installed = screened_generate_args(self, generation, generate_kwargs, n_prompt_tokens)
+        return generation, kwargs, installed or contextlib.nullcontext()
 
 
 class InstalledHead:

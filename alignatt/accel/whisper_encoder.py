@@ -159,3 +159,9 @@ class TorchWhisperEncoder:
         for layer in encoder.layers:
             x = layer(x, None)
         return encoder.layer_norm(x).float().numpy()
+
+
+def torch_whisper_encoder(model_dir: str | Path, encoder: str) -> TorchWhisperEncoder:
+    """The encoder `--whisper-encoder` names ("torch-bf16", "torch-fp32") for a faster-whisper model directory: the
+    `torch_encoder` hook of `alignatt.asr.whisper.WhisperBackend.from_options`."""
+    return TorchWhisperEncoder.from_ct2_dir(model_dir, TORCH_DTYPES[encoder])

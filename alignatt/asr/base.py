@@ -1,6 +1,7 @@
 """ASR backend interface: audio window in, timed words out, in ABSOLUTE stream time.
 
-Backends (each in its own module, imported lazily because their dependencies are heavy):
+Backends (each in its own module; `alignatt.factory.load_backend` imports the one asked for, as their
+dependencies are heavy):
 - `alignatt.asr.qwen3.Qwen3AsrBackend` (default): transformers-native Qwen3-ASR + Qwen3-ForcedAligner.
 - `alignatt.asr.whisper.WhisperBackend`: faster-whisper with word timestamps (small offline stand-in).
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alignatt.stream.audio import SAMPLE_RATE_HZ
+from alignatt.audio import SAMPLE_RATE_HZ
 
 
 @dataclass(frozen=True)
@@ -71,21 +72,3 @@ def make_monotonic(words: list[Word]) -> list[Word]:
         last_start, last_end = start, end
     return fixed
 
-
-BACKENDS = ("qwen3", "whisper")
-
-
-def load_backend(name: str, options=None) -> AsrBackend:
-    """Load a backend by name ("qwen3" or "whisper") with its options dataclass (None: defaults).
-
-    Imports happen here so that choosing one backend never requires the other's dependencies.
-    """
-    if name == "qwen3":
-        from alignatt.asr.qwen3 import Qwen3AsrBackend, Qwen3AsrOptions
-
-        return Qwen3AsrBackend.from_pretrained(options or Qwen3AsrOptions())
-    if name == "whisper":
-        from alignatt.asr.whisper import WhisperBackend, WhisperOptions
-
-        return WhisperBackend.from_options(options or WhisperOptions())
-    raise ValueError(f"unknown ASR backend {name!r}; choose one of {BACKENDS}")

@@ -23,9 +23,9 @@ import torch
 from transformers import GenerationConfig, StaticCache
 
 from alignatt.asr.base import AsrBackend, Word, check_audio, make_monotonic, to_absolute, window_duration_s
-from alignatt.stream.audio import SAMPLE_RATE_HZ
-from alignatt.mt.decoding import CACHE_KWARG, COMPILE_ERRORS, generation_with_compile, resolve_decode_mode
+from alignatt.audio import SAMPLE_RATE_HZ
 from alignatt.devices import DTYPES, resolve_device, resolve_dtype
+from alignatt.generation import CACHE_KWARG, COMPILE_ERRORS, generation_with_compile, resolve_decode_mode
 
 logger = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ directory that `faster_whisper.WhisperModel` loads. Install with `pip install -e
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -15,18 +16,24 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from alignatt.asr.base import AsrBackend, Word, check_audio, make_monotonic, to_absolute, window_duration_s
-from alignatt.accel.whisper_encoder import TORCH_DTYPES, TorchWhisperEncoder
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_WHISPER_DIR = Path.home() / ".cache" / "alignatt" / "whisper-base"
 ENCODER_WINDOWS = ("30s", "fit")
-ENCODERS = ("auto", "ctranslate2", *TORCH_DTYPES)
+TORCH_ENCODERS = ("torch-bf16", "torch-fp32")  # built by the `torch_encoder` hook of `WhisperBackend.from_options`
+ENCODERS = ("auto", "ctranslate2", *TORCH_ENCODERS)
+# Encoder states (batch, frames / 2, d_model) as float32 for log-mel features (batch, mels, frames).
+Encoder = Callable[[np.ndarray], np.ndarray]
+# torch_encoder(model_dir, encoder): the --whisper-encoder torch-* encoder for a faster-whisper model directory
+# (`alignatt.accel.whisper_encoder.torch_whisper_encoder`).
+TorchEncoderFactory = Callable[[str, str], Encoder]
 FRAMES_PER_S = 100  # whisper's log-mel hop: 10 ms
 # Under a fitted encoder window, whisper sometimes loops on a short window to its token limit, then again at each
 # fallback temperature (17 s for a 1.9 s window). So faster-whisper is asked for at most 10 tokens per second of the
@@ -85,6 +92,12 @@ class WhisperOptions:
                              f"{self.fit_min_ms}")
 
 
+# How the first cached answers were made, before these options existed: CTranslate2's encoder on whisper's 30 s
+# window, with faster-whisper's temperature fallback.
+RECORDED_AS = {"encoder": "ctranslate2", "encoder_window": "30s", "fit_padding_ms": 3000.0, "fit_min_ms": 10000.0,
+               "temperature_fallback": True}
+
+
 def assemble_whisper_base(target_dir: Path = DEFAULT_WHISPER_DIR) -> Path:
     """Build (once) a faster-whisper model directory from the two PyPI part packages; return it."""
     parts = [files(package) / "data" / f"model.bin.part{i}" for i, package in enumerate(_PART_PACKAGES, start=1)]
@@ -129,11 +142,13 @@ def cpu_has_native_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def resolve_encoder(options: WhisperOptions) -> str:
-    """The encoder `options` ask for, auto resolved for this machine."""
+def resolve_encoder(options: WhisperOptions, torch_available: bool = True) -> str:
+    """The encoder `options` ask for, auto resolved for this machine (and to ctranslate2 where no torch encoder
+    can be built)."""
     if options.encoder != "auto":
         return options.encoder
-    return "torch-bf16" if options.device == "cpu" and cpu_has_native_bf16() else "ctranslate2"
+    return ("torch-bf16" if torch_available and options.device == "cpu" and cpu_has_native_bf16()
+            else "ctranslate2")
 
 
 def _window_model_class():
@@ -145,8 +160,7 @@ def _window_model_class():
     from faster_whisper import WhisperModel
 
     class WindowWhisperModel(WhisperModel):
-        def __init__(self, *args, fit: tuple[int, int] | None, torch_encoder: TorchWhisperEncoder | None,
-                     **kwargs):
+        def __init__(self, *args, fit: tuple[int, int] | None, torch_encoder: Encoder | None, **kwargs):
             super().__init__(*args, **kwargs)
             self.fit = fit  # (padding frames, min frames), or None for whisper's 30 s window
             self.torch_encoder = torch_encoder
@@ -173,31 +187,43 @@ class WhisperBackend(AsrBackend):
         self.options = options
 
     @classmethod
-    def from_options(cls, options: WhisperOptions = WhisperOptions()) -> WhisperBackend:
+    def from_options(cls, options: WhisperOptions = WhisperOptions(),
+                     torch_encoder: TorchEncoderFactory | None = None) -> WhisperBackend:
+        """`torch_encoder` builds the encoder of --whisper-encoder torch-* (None: only faster-whisper's own
+        CTranslate2 encoder can run, and auto chooses it)."""
         from faster_whisper import WhisperModel
 
-        options = replace(options, encoder=resolve_encoder(options))  # what ran, for the ASR cache's key
+        # What ran, for the ASR cache's key.
+        options = replace(options, encoder=resolve_encoder(options, torch_available=torch_encoder is not None))
         model_dir = options.model_dir or str(assemble_whisper_base())
         kwargs = {"device": options.device, "compute_type": options.compute_type, "cpu_threads": options.cpu_threads}
         fit = ((_frames(options.fit_padding_ms), _frames(options.fit_min_ms)) if options.encoder_window == "fit"
                else None)
-        torch_encoder = None
-        if options.encoder in TORCH_DTYPES:
+        encoder = None
+        if options.encoder in TORCH_ENCODERS:
             if options.device != "cpu":
                 raise ValueError(f"--whisper-encoder {options.encoder} runs on CPU only; use ctranslate2 on "
                                  f"{options.device}")
-            torch_encoder = TorchWhisperEncoder.from_ct2_dir(model_dir, TORCH_DTYPES[options.encoder])
-        if fit is None and torch_encoder is None:
+            if torch_encoder is None:
+                raise ValueError(f"--whisper-encoder {options.encoder} needs a torch encoder: build the backend "
+                                 f"with alignatt.factory.load_backend, or use ctranslate2")
+            encoder = torch_encoder(model_dir, options.encoder)
+        if fit is None and encoder is None:
             return cls(WhisperModel(model_dir, **kwargs), options)
-        return cls(_window_model_class()(model_dir, fit=fit, torch_encoder=torch_encoder, **kwargs), options)
+        return cls(_window_model_class()(model_dir, fit=fit, torch_encoder=encoder, **kwargs), options)
 
     @property
     def cache_identity(self) -> str:
-        """What besides the audio decides this backend's words, for the ASR cache's key. Entries recorded before
-        the encoder option existed came from CTranslate2's encoder and keep their key (committed studies replay
-        them); any other encoder is named."""
-        identity = f"whisper:{self.options!r}".replace(", encoder='ctranslate2'", "")
-        if self.options.encoder in TORCH_DTYPES:  # bf16 rounding may differ with torch and with emulated bf16
+        """What besides the audio decides this backend's words, for the ASR cache's key. The answers recorded
+        before the options of `RECORDED_AS` existed keep their key where the options say what those were made with,
+        so committed studies replay them; CTranslate2's encoder is not named (it was the only one until then)."""
+        options = self.options
+        if all(getattr(options, name) == value for name, value in RECORDED_AS.items()):
+            named = (f"{f.name}={getattr(options, f.name)!r}" for f in dataclasses.fields(options)
+                     if f.name not in RECORDED_AS)
+            return f"whisper:WhisperOptions({', '.join(named)})"
+        identity = f"whisper:{options!r}".replace(", encoder='ctranslate2'", "")
+        if self.options.encoder in TORCH_ENCODERS:  # bf16 rounding may differ with torch and with emulated bf16
             identity += f" torch={torch.__version__} native_bf16={cpu_has_native_bf16()}"
         return identity
 

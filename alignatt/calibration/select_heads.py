@@ -25,7 +25,9 @@ from alignatt.mt.heads import DEFAULT_QUERY_ROW, QUERY_ROWS, HeadsFileError
 from alignatt.options import add_dataclass_arguments, dataclass_from_args
 from alignatt.mt.prompt import PromptBuilder, PromptConfig, read_few_shot
 from alignatt.text_units import is_char_level
-from alignatt.mt.translator import TranslatorConfig, load_model_and_tokenizer
+from alignatt.accel.gguf_cache import converted_checkpoint
+from alignatt.mt.loading import load_model_and_tokenizer
+from alignatt.mt.translator import TranslatorConfig
 from alignatt.calibration.align import ALIGNERS, EflomalSettings, align_pairs, aligner_description
 from alignatt.calibration.outputs import make_heads_file, write_heatmap, write_tsv
 from alignatt.calibration.pairs import PairsFileError, SentencePair, read_pairs, select_pairs
@@ -119,6 +121,16 @@ def load_alignments(options: CalibrationOptions, pairs: list[SentencePair], targ
                         "extra_training_data": options.align_extra}
 
 
+def drop_few_shot_pairs(pairs: list[SentencePair], few_shot: tuple[tuple[str, str], ...]) -> list[SentencePair]:
+    """The pairs that share neither their source nor their target with a few-shot example: the prompt shows
+    those examples with their translation, so scoring them again would score a copy, not an alignment."""
+    sources, targets = {s for s, _ in few_shot}, {t for _, t in few_shot}
+    kept = [p for p in pairs if p.source not in sources and p.target not in targets]
+    if len(kept) < len(pairs):
+        logger.info("%d pairs left out of scoring: they are few-shot examples", len(pairs) - len(kept))
+    return kept
+
+
 def file_sha256(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -129,12 +141,13 @@ def run(options: CalibrationOptions, prompt_config: PromptConfig, settings: Eflo
     char_level = is_char_level(prompt_config.target_lang)
     all_pairs = read_pairs(options.pairs, prompt_config.target_lang)
     alignments, alignment_source = load_alignments(options, all_pairs, prompt_config.target_lang, settings)
-    pairs = select_pairs(all_pairs, options.max_pairs, options.dedup)
-    pair_links = [alignments[p.line - 1] for p in pairs]
     few_shot = read_few_shot(options.few_shot_file)
+    not_shown = drop_few_shot_pairs(all_pairs, few_shot)
+    pairs = select_pairs(not_shown, options.max_pairs, options.dedup)
+    pair_links = [alignments[p.line - 1] for p in pairs]
     model, tokenizer = load_model_and_tokenizer(TranslatorConfig(
         model_id=options.model, revision=options.revision, gguf_file=options.gguf_file, device=options.device,
-        dtype=options.dtype))
+        dtype=options.dtype), resolve_checkpoint=converted_checkpoint)
     builder = PromptBuilder(tokenizer, prompt_config, few_shot)
     scores = score_heads(model, tokenizer, builder, pairs, pair_links, char_level, options.batch_size,
                          options.progress, query_row=options.query_row)
@@ -146,7 +159,8 @@ def run(options: CalibrationOptions, prompt_config: PromptConfig, settings: Eflo
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "score": score_definition(scores.query_row),
         "data": {"file": options.pairs, "sha256": file_sha256(options.pairs), "lines": len(all_pairs),
-                 "pairs_selected": len(pairs), "pairs_scored": scores.n_pairs,
+                 "few_shot_lines_dropped": len(all_pairs) - len(not_shown), "pairs_selected": len(pairs),
+                 "pairs_scored": scores.n_pairs,
                  "aligned_target_tokens": scores.n_aligned_tokens, "max_pairs": options.max_pairs,
                  "dedup": options.dedup},
         "alignments": alignment_source,

@@ -77,12 +77,12 @@ def proxy_defaults(target_lang: str) -> dict:
     # per step on 2 cores now that drafts stop at the gate (results/cpu/README.md). Whisper's encoder on the
     # window's audio plus 3 s instead of 30 s: a third to a half less ASR time per step at the same word error rate
     # (results/asr/README.md), so the demo keeps pace on slower CPUs; the agent and the sweeps keep 30 s.
-    # Lookahead: each call's first tokens proposed from earlier calls and verified in one pass, the same text with
-    # a fifth less translator time on the demo talk.
+    # Draft reuse: each call's first tokens proposed from earlier calls and verified in one pass, the same text
+    # with a fifth less translator time on the demo talk.
     return {"asr_backend": "whisper", "mt_model_id": str(gguf.parent), "mt_gguf_file": gguf.name, "style": "plain",
             "few_shot_file": str(PROXY_FEW_SHOT[target_lang]), "heads": str(PROXY_HEADS[target_lang]),
             "mt_decode": "static", "mt_max_cache_tokens": 1024, "whisper_encoder_window": "fit",
-            "mt_lookahead_tokens": 4}
+            "mt_draft_reuse_tokens": 4}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,10 +3,15 @@
   eager     DynamicCache, eager q/k capture (`QKCapture`). Any device.
   static    StaticCache, graph-safe capture into static buffers (`StaticQKCapture`), and reuse of the
             KV of the longest prefix a call shares with the previous one (instruction, history, unchanged
-            source words); with `lookahead_tokens`, a call's first tokens are verified with its prompt in one
-            pass (`alignatt.accel.draft_reuse`).
+            source words); with a draft-reuse verifier (`DraftVerifier`), a call's first tokens, proposed from
+            earlier calls, are verified with its prompt in one pass.
   compiled  static + generate's torch.compile of the decode step (CUDA graphs with mode reduce-overhead).
   auto      compiled on CUDA, eager elsewhere.
+
+Speed-ups that keep the greedy tokens plug in through two hooks, `GreedyHead` (the LM head of a generate() call)
+and `DraftVerifier` (draft reuse on the static path), which `make_decoder` asks a `DecodeAccel` for. Without one
+the decoder uses the model's own head and generate() alone; this package never imports an implementation
+(`alignatt.accel` has them, and `alignatt.factory` plugs them in).
 
 Capture never changes the model's outputs: on a given path, logits with and without capture are
 bit-identical. The static paths differ from eager in rounding only (attention over a padded cache, a
@@ -21,53 +26,19 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, ContextManager, Protocol, Sequence
 
 import torch
-import transformers
-from packaging.version import Version
-from transformers import CompileConfig, GenerationConfig, StaticCache, StoppingCriteria, StoppingCriteriaList
+from transformers import GenerationConfig, StaticCache, StoppingCriteria, StoppingCriteriaList
 from transformers.cache_utils import StaticLayer
 
+from alignatt.generation import CACHE_KWARG, COMPILE_ERRORS, generation_with_compile, resolve_decode_mode
 from alignatt.mt.capture import HeadRef, capture_heads
-from alignatt.accel.screened_head import LM_HEAD_MODES, ScreenedHead, make_screen, merged_generation_config, screened_generate_args
-from alignatt.accel.draft_reuse import (NgramProposer, RowScores, accepted_prefix, greedy_tokens, head_by_columns, head_tapped,
-                                processed_rows)
 from alignatt.mt.static_capture import StaticQKCapture
 
 logger = logging.getLogger(__name__)
 
 DECODE_MODES = ("auto", "eager", "static", "compiled")
-# What a failed compilation raises (inductor/triton errors arrive wrapped as BackendCompilerFailed; a
-# fullgraph recompile past dynamo's limit as FailOnRecompileLimitHit).
-COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit)
-# generate()'s argument for a cache the caller owns: transformers 5.24 renamed past_key_values to cache (the old
-# name warns on every run), and 5.23 knows only the old one.
-CACHE_KWARG = "cache" if Version(transformers.__version__).release >= (5, 24) else "past_key_values"
-
-
-def resolve_decode_mode(mode: str, device: torch.device) -> str:
-    """"auto" means compiled on CUDA (CUDA graphs pay off) and eager elsewhere."""
-    if mode == "auto":
-        return "compiled" if device.type == "cuda" else "eager"
-    return mode
-
-
-def generation_with_compile(generation: GenerationConfig, compile: bool, backend: str, mode: str
-                            ) -> GenerationConfig:
-    """A copy of `generation` whose decode step generate() compiles (fullgraph, so that a graph break is an
-    error rather than a silent slowdown), or never compiles."""
-    generation = copy.deepcopy(generation)
-    if compile:
-        compile_config = CompileConfig(fullgraph=True, backend=backend, mode=mode)
-        # generate() compiles only on accelerators unless told otherwise; the user asked for it here.
-        compile_config._compile_all_devices = True
-        generation.compile_config = compile_config
-    else:
-        generation.disable_compile = True
-    return generation
-
-
 @dataclass(frozen=True)
 class DecodeConfig:
     decode: str = field(default="auto", metadata={
@@ -80,23 +51,12 @@ class DecodeConfig:
     compile_backend: str = field(default="inductor", metadata={"help": "torch.compile backend"})
     compile_mode: str = field(default="reduce-overhead", metadata={
         "help": "torch.compile mode: reduce-overhead (CUDA graphs), default, max-autotune, ..."})
-    lm_head: str = field(default="auto", metadata={
-        "help": "greedy decoding's LM head: auto (screened on CPU where its check passes and it pays), full (the "
-                "fp32 head), screened (int8 screen + fp32 candidates; the same greedy tokens as full)"})
-    lookahead_tokens: int = field(default=0, metadata={
-        "help": "static path, not compiled: propose up to this many first tokens of each call from what "
-                "followed the prompt's last words in earlier calls, and verify them with the prompt in one forward "
-                "pass (0: off); the same greedy tokens, up to the rounding of a pass over several tokens"})
 
     def __post_init__(self):
         if self.decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {DECODE_MODES}, got {self.decode!r}")
-        if self.lm_head not in LM_HEAD_MODES:
-            raise ValueError(f"lm_head must be one of {LM_HEAD_MODES}, got {self.lm_head!r}")
         if self.max_cache_tokens < 32:
             raise ValueError(f"max_cache_tokens must be at least 32, got {self.max_cache_tokens}")
-        if self.lookahead_tokens < 0:
-            raise ValueError(f"lookahead_tokens must be >= 0, got {self.lookahead_tokens}")
 
     def resolved(self, device: torch.device) -> str:
         return resolve_decode_mode(self.decode, device)
@@ -164,29 +124,79 @@ class Decoder(Protocol):
     def warm_up(self, filler_ids: Sequence[int], generation: GenerationConfig) -> None: ...
 
 
-def _run_generate(model, input_ids: torch.Tensor, generation: GenerationConfig, screen: ScreenedHead | None,
+class GreedyHead(Protocol):
+    """The LM head greedy generate() calls decode with; it must choose the tokens the model's own head would."""
+
+    def generate_args(self, generation: GenerationConfig, generate_kwargs: dict, n_prompt_tokens: int
+                      ) -> tuple[GenerationConfig, dict, ContextManager]:
+        """generate()'s config and kwargs for one call over `n_prompt_tokens` of prompt, and the context to run it
+        in (which installs the head for the call)."""
+
+
+class ModelHead:
+    """The model's own head: generate() as the caller asked for it."""
+
+    def generate_args(self, generation: GenerationConfig, generate_kwargs: dict, n_prompt_tokens: int
+                      ) -> tuple[GenerationConfig, dict, ContextManager]:
+        return generation, generate_kwargs, contextlib.nullcontext()
+
+
+MODEL_HEAD = ModelHead()
+
+# forward(sequence, n_rows): one forward pass of the model over `sequence` after the positions the call reuses from
+# the static cache, with the head on its last `n_rows` positions; the cache then holds `sequence`.
+PassForward = Callable[[list[int], int], Any]
+
+
+class DraftVerifier(Protocol):
+    """Draft reuse on the static path: a call's first tokens, proposed from earlier calls, verified with its prompt
+    in one forward pass; the tokens generate() would give, up to the rounding of a pass over several positions."""
+
+    def verify(self, request: Request, forward: PassForward, criteria: StoppingCriteriaList
+               ) -> tuple[list[int], bool]:
+        """The call's verified first tokens (none when nothing is proposed or the request is not one it can verify),
+        and whether generate() would have stopped within them (an end token, the budget, `criteria`)."""
+
+    def remember(self, token_ids: Sequence[int]) -> None:
+        """A call's prompt and generated tokens, where later calls' proposals come from."""
+
+
+@dataclass(frozen=True)
+class DecodeHooks:
+    """What a decoder uses besides the model and generate(): its greedy head and, on the static path without
+    compilation, a draft-reuse verifier."""
+
+    head: GreedyHead = MODEL_HEAD
+    draft_reuse: DraftVerifier | None = None
+
+
+# What make_decoder asks for a model's hooks, given the resolved decoding path ("eager", "static", "compiled").
+DecodeAccel = Callable[[Any, str], DecodeHooks]
+
+
+def _run_generate(model, input_ids: torch.Tensor, generation: GenerationConfig, head: GreedyHead,
                   **kwargs) -> list[int]:
-    generation, kwargs, installed = screened_generate_args(screen, generation, kwargs, input_ids.shape[1])
-    with torch.no_grad(), (installed or contextlib.nullcontext()):
+    generation, kwargs, installed = head.generate_args(generation, kwargs, input_ids.shape[1])
+    with torch.no_grad(), installed:
         output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), generation_config=generation,
                                 **kwargs)
     return output[0, input_ids.shape[1]:].tolist()
 
 
 class EagerDecoder:
-    def __init__(self, model, heads: Sequence[HeadRef], screen: ScreenedHead | None = None):
+    def __init__(self, model, heads: Sequence[HeadRef], head: GreedyHead = MODEL_HEAD):
         self.model = model
         self.heads = tuple(heads)
-        self.screen = screen
+        self.head = head
 
     def generate(self, request: Request) -> Generated:
         input_ids = torch.tensor([list(request.input_ids)], device=self.model.device)
         if request.capture_from is None:
-            return Generated(_run_generate(self.model, input_ids, request.generation, self.screen,
+            return Generated(_run_generate(self.model, input_ids, request.generation, self.head,
                                            **request.generate_kwargs), None)
         with capture_heads(self.model, self.heads, query_start_position=request.capture_from) as capture:
             kwargs = _generate_kwargs(request, lambda n_fed: capture)  # the live capture holds what was fed
-            tokens = _run_generate(self.model, input_ids, request.generation, self.screen, **kwargs)
+            tokens = _run_generate(self.model, input_ids, request.generation, self.head, **kwargs)
         return Generated(tokens, capture)
 
     def warm_up(self, filler_ids: Sequence[int], generation: GenerationConfig) -> None:
@@ -249,16 +259,16 @@ class StaticDecoder:
     """
 
     def __init__(self, model, heads: Sequence[HeadRef], config: DecodeConfig, compile: bool,
-                 screen: ScreenedHead | None = None):
+                 head: GreedyHead = MODEL_HEAD, draft_reuse: DraftVerifier | None = None):
         self.model = model
         self.config = config
         self.compile = compile
-        self.screen = screen
+        self.head = head
         self.capture = StaticQKCapture(model, heads, config.max_cache_tokens)
         self.prompt_kv = PromptKV(model, config.max_cache_tokens)
-        self.fallback = EagerDecoder(model, heads, screen)
+        self.fallback = EagerDecoder(model, heads, head)
         # Not with compiled decoding: an eager pass between graph replays would be the one part left uncompiled.
-        self.proposer = NgramProposer() if config.lookahead_tokens and not compile else None
+        self.draft_reuse = draft_reuse if not compile else None
         self.compile_failed = False
         self._warned_long = False
 
@@ -293,58 +303,38 @@ class StaticDecoder:
         read = lambda n_fed: self.capture.sequence(request.capture_from, n_fed)  # noqa: E731
         with self.capture:
             reused = self.prompt_kv.rewind(input_ids, self.config.reuse_prompt_kv)
-            head, finished = self._look_ahead(request, read, reused)
+            verified, finished = self._verify_draft(request, read, reused)
             rest = []
             if not finished:
                 generation = request.generation
-                if head:  # generate() goes on after the verified tokens, on the cache the pass filled
-                    self.prompt_kv.rewind(input_ids + head, reuse=True)
-                    generation = after_tokens(generation, len(head), self.model)
-                rest = _run_generate(self.model, torch.tensor([input_ids + head], device=self.model.device),
-                                     self._generation_config(generation), self.screen,
+                if verified:  # generate() goes on after the verified tokens, on the cache the pass filled
+                    self.prompt_kv.rewind(input_ids + verified, reuse=True)
+                    generation = after_tokens(generation, len(verified), self.model)
+                rest = _run_generate(self.model, torch.tensor([input_ids + verified], device=self.model.device),
+                                     self._generation_config(generation), self.head,
                                      **{CACHE_KWARG: self.prompt_kv.cache}, **_generate_kwargs(request, read))
-        tokens = head + rest
+        tokens = verified + rest
         fed = input_ids + tokens[:-1]  # the last generated token is never fed back
         self.prompt_kv.fed(fed)
-        if self.proposer is not None:
-            self.proposer.remember(input_ids + tokens)
+        if self.draft_reuse is not None:
+            self.draft_reuse.remember(input_ids + tokens)
         captured = None
         if request.capture_from is not None:
             captured = self.capture.sequence(request.capture_from, len(fed))
         return Generated(tokens, captured, reused)
 
-    def _look_ahead(self, request: Request, read: Callable[[int], object], reused: int) -> tuple[list[int], bool]:
-        """The first tokens of the call, verified with the prompt in one pass (none when nothing is proposed or
-        generate() would apply other processors than the two `processed_rows` applies), and whether generate()
-        would have stopped within them."""
-        if self.proposer is None or set(request.generate_kwargs) - {"stopping_criteria"}:
+    def _verify_draft(self, request: Request, read: Callable[[int], object], reused: int
+                      ) -> tuple[list[int], bool]:
+        """The call's first tokens as the draft-reuse verifier accepts them (none without one), and whether
+        generate() would have stopped within them."""
+        if self.draft_reuse is None:
             return [], False
-        merged = merged_generation_config(self.model, request.generation)
-        if merged is None or not ScreenedHead.applies(merged):
-            return [], False
-        input_ids = list(request.input_ids)
-        proposal = self.proposer.propose(input_ids, min(self.config.lookahead_tokens, merged.max_new_tokens - 1))
-        if not proposal:
-            return [], False
-        sequence, n_rows = input_ids + proposal, len(proposal) + 1
-        scores_of = self._row_scores(sequence, reused, n_rows, merged, len(input_ids))
-        self.prompt_kv.fed(sequence)
-        head = accepted_prefix(greedy_tokens(scores_of, n_rows, sequence, self.model.device), proposal)
-        return _stop_within(head, input_ids, merged, _stopping_criteria(request, read))
 
-    def _row_scores(self, sequence: list[int], reused: int, n_rows: int, merged: GenerationConfig,
-                    n_prompt_tokens: int) -> RowScores:
-        """One forward pass over the positions after the `reused` ones, as generate()'s prefill runs it, and the
-        processed scores of its last `n_rows` positions: from the screened head where it serves (the full head's
-        greedy tokens at about half its cost per row on CPU, and each row only when asked for), else from the full
-        fp32 head, all rows at once."""
-        if self.screen is not None and self.screen.ready():
-            with head_tapped(self.model) as tap:
-                self._forward(sequence, reused, n_rows)
-            return self.screen.processed_rows(tap.hidden[0, -n_rows:], merged, n_prompt_tokens)
-        with head_by_columns(self.model):
-            logits = self._forward(sequence, reused, n_rows).logits[0, -n_rows:]
-        return processed_rows(logits, merged, n_prompt_tokens)
+        def forward(sequence: list[int], n_rows: int):
+            output = self._forward(sequence, reused, n_rows)
+            self.prompt_kv.fed(sequence)
+            return output
+        return self.draft_reuse.verify(request, forward, _stopping_criteria(request, read))
 
     def _forward(self, sequence: list[int], reused: int, n_rows: int):
         """The model's forward over `sequence` after its `reused` cached positions, with the head on the last
@@ -389,8 +379,8 @@ def after_tokens(generation: GenerationConfig, n_tokens: int, model) -> Generati
     return generation
 
 
-def _stop_within(head: list[int], input_ids: list[int], merged: GenerationConfig,
-                 criteria: StoppingCriteriaList) -> tuple[list[int], bool]:
+def stop_within(head: list[int], input_ids: list[int], merged: GenerationConfig,
+                criteria: StoppingCriteriaList) -> tuple[list[int], bool]:
     """`head` up to where generate() would have stopped, token by token (an end token, the token budget, the
     stopping criteria), and whether it stopped there."""
     ends = set(as_id_list(merged.eos_token_id))
@@ -401,10 +391,13 @@ def _stop_within(head: list[int], input_ids: list[int], merged: GenerationConfig
     return head, False
 
 
-def make_decoder(model, heads: Sequence[HeadRef], config: DecodeConfig) -> Decoder:
+def make_decoder(model, heads: Sequence[HeadRef], config: DecodeConfig, accel: DecodeAccel | None = None) -> Decoder:
+    """The decoder for `config`'s path on this model, with the hooks `accel` gives for that path (None: the model's
+    own head, no draft reuse)."""
     mode = config.resolved(model.device)
     logger.info("decoding path: %s", mode)
-    screen = make_screen(model, config.lm_head, compiled=mode == "compiled")
+    hooks = accel(model, mode) if accel is not None else DecodeHooks()
     if mode == "eager":
-        return EagerDecoder(model, heads, screen)
-    return StaticDecoder(model, heads, config, compile=mode == "compiled", screen=screen)
+        return EagerDecoder(model, heads, hooks.head)
+    return StaticDecoder(model, heads, config, compile=mode == "compiled", head=hooks.head,
+                         draft_reuse=hooks.draft_reuse)

@@ -6,7 +6,8 @@ model itself never materialises attention weights (sdpa).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import bisect
+from dataclasses import dataclass, fields
 from typing import Sequence
 
 import numpy as np
@@ -21,19 +22,21 @@ def visible_key_range(row_position: int, sliding_window: int | None) -> tuple[in
     return start, row_position + 1
 
 
-def replay_layer(cap: LayerCapture) -> torch.Tensor:
-    """(B, Hq, R, K) float32 attention probabilities of every captured row of one layer.
+def replay_layer(cap: LayerCapture, from_position: int = 0) -> torch.Tensor:
+    """(B, Hq, R, K) float32 attention probabilities of the captured rows at positions >= `from_position`.
 
     Row by row over exactly the keys it sees, so that a row's probabilities do not depend on how many rows or keys
-    were captured after it (a draft stopped early is judged bit for bit like the same rows of a longer one).
+    were captured after it (a draft stopped early is judged bit for bit like the same rows of a longer one), and
+    rows replayed in several calls equal the same rows replayed at once.
     """
-    queries = cap.queries().float()  # (B, Hq, R, D)
-    keys = cap.keys().float()  # (B, Hq, K, D)
     row_positions = cap.query_positions().tolist()
     if max(row_positions) >= cap.n_keys:
         raise RuntimeError(f"layer {cap.layer}: a query row lies beyond the captured keys")
+    first = bisect.bisect_left(row_positions, from_position)
+    queries = cap.queries()[:, :, first:].float()  # (B, Hq, R, D)
+    keys = cap.keys().float()  # (B, Hq, K, D)
     probs = queries.new_zeros(queries.shape[:3] + (cap.n_keys,))
-    for row, position in enumerate(row_positions):
+    for row, position in enumerate(row_positions[first:]):
         start, end = visible_key_range(position, cap.sliding_window)
         scores = torch.matmul(queries[:, :, row:row + 1], keys[:, :, start:end].transpose(-1, -2)) * cap.scaling
         probs[:, :, row:row + 1, start:end] = torch.softmax(scores, dim=-1)
@@ -49,9 +52,11 @@ class ReplayedAttention:
     row_positions: np.ndarray  # (R,) absolute position of each row
 
 
-def replay(capture: QKCapture, heads: Sequence[HeadRef], batch_index: int = 0) -> ReplayedAttention:
-    """Replay the chosen heads (all captured in `capture`) for one sequence of the batch."""
-    per_layer = {layer: replay_layer(cap)[batch_index] for layer, cap in capture.layers.items()}
+def replay(capture: QKCapture, heads: Sequence[HeadRef], batch_index: int = 0, from_position: int = 0
+           ) -> ReplayedAttention:
+    """Replay the chosen heads (all captured in `capture`) for one sequence of the batch, on the rows at
+    positions >= `from_position`."""
+    per_layer = {layer: replay_layer(cap, from_position)[batch_index] for layer, cap in capture.layers.items()}
     probs, positions = [], None
     for ref in heads:
         cap, slot = capture.capture_for(ref)
@@ -60,6 +65,7 @@ def replay(capture: QKCapture, heads: Sequence[HeadRef], batch_index: int = 0) -
         if positions is not None and not torch.equal(positions, layer_positions):
             raise RuntimeError("captured rows differ between layers; capture all heads in one pass")
         positions = layer_positions
+    positions = positions[positions >= from_position]
     return ReplayedAttention(heads=tuple(heads), probs=torch.stack(probs).cpu().numpy(),
                              row_positions=positions.numpy())
 
@@ -81,6 +87,15 @@ class DraftAttention:
     @property
     def n_rows(self) -> int:
         return self.source.shape[1]
+
+    def first_rows(self, n_rows: int) -> "DraftAttention":
+        return DraftAttention(*(getattr(self, f.name)[:, :n_rows] for f in fields(self)))
+
+    @staticmethod
+    def concatenate(parts: Sequence["DraftAttention"]) -> "DraftAttention":
+        """Rows read in several parts, as one block (the same values as reading them at once)."""
+        return DraftAttention(*(np.concatenate([getattr(p, f.name) for p in parts], axis=1)
+                                for f in fields(DraftAttention)))
 
 
 def split_draft_attention(replayed: ReplayedAttention, source_positions: np.ndarray,

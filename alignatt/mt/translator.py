@@ -1,4 +1,7 @@
-"""The LLM translator: greedy drafts with q/k capture, replay, and the AlignAtt gate.
+"""The LLM translator: greedy drafts with q/k capture, and where each draft token looks (`alignatt.mt.alignment`).
+
+It drafts and reports; what is written is decided by `alignatt.policy`, which may stop a draft early through a
+per-token stop rule.
 
 Works with any decoder-only Hugging Face chat model that runs on sdpa attention (Gemma-4, Gemma-3,
 Qwen3, ...). Gemma-4 -it checkpoints load through AutoModelForCausalLM as Gemma4ForConditionalGeneration;
@@ -12,19 +15,15 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, StoppingCriteria,
-                          StoppingCriteriaList, StopStringCriteria)
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, StopStringCriteria
 
+from alignatt.mt.alignment import AlignmentConfig, AlignmentReader, TokenAlignment
 from alignatt.mt.capture import HeadRef
-from alignatt.mt.decoding import DecodeConfig, Decoder, Request, StopWhen, as_id_list, make_decoder
-from alignatt.devices import resolve_device, resolve_dtype
-from alignatt.accel.gguf_cache import DEFAULT_CACHE_DIR, converted_checkpoint
-from alignatt.policy.guards import (LOOP_STOP_FACTOR, GuardOptions, cut_loop, drop_loop_copies, ends_in_loop,
-                             final_pass_budget, hold_sentence_end, trim_repeated_start)
-from alignatt.mt.heads import HeadsFile, check_query_row, query_row_position
-from alignatt.policy.gate import GateDecision, PolicyConfig, complete_units_text, gate_draft
+from alignatt.mt.decoding import DecodeAccel, DecodeConfig, Decoder, Request, StopWhen, as_id_list, make_decoder
+from alignatt.mt.loading import DEFAULT_GGUF_CACHE_DIR, ResolveCheckpoint, load_model_and_tokenizer
+from alignatt.mt.heads import HeadsFile, check_query_row
 from alignatt.mt.prompt import PromptBuilder, PromptConfig, RenderedPrompt
-from alignatt.mt.replay import DraftAttention, replay, split_draft_attention
+from alignatt.mt.replay import DraftAttention
 from alignatt.text_units import is_char_level, unit_spans
 
 logger = logging.getLogger(__name__)
@@ -38,7 +37,7 @@ class TranslatorConfig:
     model_id: str = field(default="google/gemma-4-E4B-it", metadata={"help": "Hugging Face id or local path"})
     revision: str | None = field(default=None, metadata={"help": "model revision (branch, tag or commit)"})
     gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside model_id (dequantised)"})
-    gguf_cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={
+    gguf_cache_dir: str = field(default=DEFAULT_GGUF_CACHE_DIR, metadata={
         "help": "where a local GGUF file is converted once to a regular checkpoint ('' parses the GGUF each load)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), bfloat16, float32, float16"})
@@ -57,33 +56,24 @@ class TranslatorConfig:
     def draft_budget(self, n_source_tokens: int) -> int:
         return min(self.max_draft_tokens, max(self.min_draft_tokens, n_source_tokens + self.draft_tokens_over_source))
 
+    def final_budget(self, n_source_tokens: int) -> int:
+        """Token budget for finishing a committed sentence: grows with the source, bounded by max_final_tokens."""
+        return min(self.max_final_tokens, max(32, 3 * n_source_tokens + 24))
+
 
 @dataclass(frozen=True)
 class DraftResult:
-    """One drafting step: what was drafted, what the heads saw, and what was accepted."""
+    """One drafting step: what was drafted and where each drafted token looks."""
 
     prompt: RenderedPrompt
     draft_ids: tuple[int, ...]  # generated tokens without the end-of-translation token
     ended: bool  # the draft reached the end of the translation
-    may_end: bool  # the end completes the draft's last unit (it ended and the hold_draft_end guard is off)
-    attention: DraftAttention | None  # None when the source is empty; row r judges draft token r
-    gate: GateDecision
-    new_text: str  # accepted text to append to the target prefix, trimmed to whole units
+    attention: DraftAttention | None  # the rows read (None: none); row r is read for draft token r
+    alignments: tuple[TokenAlignment, ...]  # one per read row: every draft token that has a row, or up to a stop
 
 
-def load_model_and_tokenizer(config: TranslatorConfig):
-    """Load the real checkpoint with sdpa attention (the capture wraps sdpa)."""
-    device = resolve_device(config.device)
-    source, kwargs = config.model_id, {"revision": config.revision}
-    if config.gguf_file:
-        converted = None
-        if config.gguf_cache_dir:
-            converted = converted_checkpoint(config.model_id, config.gguf_file, config.gguf_cache_dir)
-        source, kwargs = (str(converted), {}) if converted else (source, {**kwargs, "gguf_file": config.gguf_file})
-    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=resolve_dtype(config.dtype, device),
-                                                 attn_implementation="sdpa", **kwargs)
-    return model.to(device).eval(), tokenizer
+# Stops a draft after the token whose alignment it is given (the policy's rule, e.g. the AlignAtt gate).
+TokenStop = Callable[[TokenAlignment], bool]
 
 
 _PLAIN_END_BY_TOKENIZER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -100,37 +90,36 @@ def plain_end_criteria(tokenizer, markers: tuple[str, ...]) -> StoppingCriteriaL
     return built[markers]
 
 
-class _LoopStop(StoppingCriteria):
-    """Ends a generation whose text ends with one group of units `repeats` times in a row (see guards)."""
+class _TextStop(StoppingCriteria):
+    """Ends a generation once `stop(text)` holds for the text written so far (what the policy's final pass
+    rules out, e.g. a degenerate loop)."""
 
-    def __init__(self, text_of: Callable[[list[int]], str], n_prompt_tokens: int, char_level: bool, repeats: int):
+    def __init__(self, text_of: Callable[[list[int]], str], n_prompt_tokens: int, stop: Callable[[str], bool]):
         self.text_of = text_of
         self.n_prompt_tokens = n_prompt_tokens
-        self.char_level = char_level
-        self.repeats = repeats
+        self.stop = stop
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        looping = ends_in_loop(self.text_of(input_ids[0, self.n_prompt_tokens:].tolist()), self.char_level,
-                               self.repeats)
-        return torch.full((input_ids.shape[0],), looping, dtype=torch.bool, device=input_ids.device)
+        stop = self.stop(self.text_of(input_ids[0, self.n_prompt_tokens:].tolist()))
+        return torch.full((input_ids.shape[0],), bool(stop), dtype=torch.bool, device=input_ids.device)
 
 
 class Translator:
-    """Drafts translations of a growing source prefix and keeps the part the heads say is safe."""
+    """Drafts translations of a growing source prefix and reports where each draft token looks."""
 
     def __init__(self, model, tokenizer, heads: Sequence[HeadRef], prompt_config: PromptConfig = PromptConfig(),
-                 config: TranslatorConfig = TranslatorConfig(), policy_config: PolicyConfig = PolicyConfig(),
+                 config: TranslatorConfig = TranslatorConfig(), alignment_config: AlignmentConfig = AlignmentConfig(),
                  few_shot: Sequence[tuple[str, str]] = (), decode_config: DecodeConfig = DecodeConfig(),
-                 guards: GuardOptions = GuardOptions(), query_row: str = "own", decoder: Decoder | None = None):
+                 query_row: str = "own", decoder: Decoder | None = None, accel: DecodeAccel | None = None):
         """`decoder`: one already built for this model, heads and decode config (shared by the cascades of a
-        sweep worker, so static buffers and compiled graphs are built once); None builds one."""
+        sweep worker, so static buffers and compiled graphs are built once); None builds one, with the hooks
+        `accel` gives (see `make_decoder`)."""
         check_query_row(query_row)
         self.model = model
         self.tokenizer = tokenizer
         self.heads = tuple(heads)
         self.config = config
-        self.policy_config = policy_config
-        self.guards = guards
+        self.alignment_config = alignment_config
         # Which attention row judges draft token t: its own position ("own", as the published heads were scored)
         # or the position that predicts it ("predicting"). Heads must be read on the rows they were scored on.
         self.query_row = query_row
@@ -141,17 +130,19 @@ class Translator:
         # Gemma-3's 262k tokens on 2 CPU cores), time a talk's first step should not pay.
         self._plain_end = (plain_end_criteria(tokenizer, self.prompts.plain_end_markers())
                            if prompt_config.style == "plain" else None)
-        self.decoder = decoder if decoder is not None else make_decoder(model, self.heads, decode_config)
+        self.decoder = decoder if decoder is not None else make_decoder(model, self.heads, decode_config, accel)
 
     @classmethod
     def from_pretrained(cls, config: TranslatorConfig, heads_file: HeadsFile, prompt_config: PromptConfig,
-                        policy_config: PolicyConfig = PolicyConfig(), few_shot: Sequence[tuple[str, str]] = (),
-                        decode_config: DecodeConfig = DecodeConfig(), guards: GuardOptions = GuardOptions()
+                        alignment_config: AlignmentConfig = AlignmentConfig(),
+                        few_shot: Sequence[tuple[str, str]] = (), decode_config: DecodeConfig = DecodeConfig(),
+                        accel: DecodeAccel | None = None, resolve_checkpoint: ResolveCheckpoint | None = None
                         ) -> "Translator":
-        model, tokenizer = load_model_and_tokenizer(config)
+        """`accel`, `resolve_checkpoint`: the hooks of `make_decoder` and `load_model_and_tokenizer`."""
+        model, tokenizer = load_model_and_tokenizer(config, resolve_checkpoint)
         heads_file.check_fits(model.config, config.model_id, config.gguf_file)
-        return cls(model, tokenizer, heads_file.selected(), prompt_config, config, policy_config, few_shot,
-                   decode_config, guards, heads_file.query_row)
+        return cls(model, tokenizer, heads_file.selected(), prompt_config, config, alignment_config, few_shot,
+                   decode_config, heads_file.query_row, accel=accel)
 
     def _end_token_ids(self) -> list[int]:
         """EOS ids of the generation config and the tokenizer, plus the template's end-of-turn token."""
@@ -220,49 +211,30 @@ class Translator:
         return generated, False
 
     def draft(self, source: str, n_accessible_units: int, target_prefix: str = "",
-              history: Sequence[tuple[str, str]] = (), until_rejected: bool = False,
+              history: Sequence[tuple[str, str]] = (), stop_at: TokenStop | None = None,
               max_units: int | None = None) -> DraftResult:
-        """Draft after `target_prefix` for the live `source` and accept what the gate allows.
+        """Draft after `target_prefix` for the live `source` and read where each draft token looks.
 
-        Generation may stop early, where nothing after could change what a policy writes: `until_rejected` at
-        the first token the gate stops (the gate is causal: a token's verdict never depends on later tokens);
-        `max_units` once the draft has started more than that many target units (its first `max_units` units
+        Generation may stop early, where nothing after could change what a policy writes: after the first token
+        `stop_at` stops (read as soon as its row is captured; a token's alignment never depends on later
+        tokens), and once the draft has started more than `max_units` target units (its first `max_units` units
         are then complete).
         """
         prompt = self.prompts.render(source, target_prefix, n_accessible_units, history)
         if prompt.n_units == 0:
-            return DraftResult(prompt, (), False, False, None, GateDecision(0, ()), "")
+            return DraftResult(prompt, (), False, None, ())
+        reader = AlignmentReader(prompt, self.heads, self.query_row, self.alignment_config)
         budget = self.config.draft_budget(len(prompt.source_token_positions))
-        stop_when = self._early_stop(prompt, n_accessible_units, until_rejected, max_units)
-        generated = self._generate(prompt, budget, capture=True, stop_when=stop_when)
+        generated = self._generate(prompt, budget, capture=True,
+                                   stop_when=self._early_stop(prompt, reader, stop_at, max_units))
         draft_ids, ended = self._split_end(prompt, generated.token_ids)
-        attention, gate = self._judge(prompt, generated.captured, len(draft_ids), n_accessible_units)
-        may_end = ended and not self.guards.hold_draft_end
-        new_text = self._accepted_text(prompt, draft_ids, gate.n_accepted_tokens, may_end)
-        new_text = cut_loop(prompt.target_prefix, new_text, self.char_level, self.guards.loop_repeats)
-        if self.guards.hold_sentence_end:
-            new_text = hold_sentence_end(new_text, self.char_level)
-        return DraftResult(prompt, tuple(draft_ids), ended, may_end, attention, gate, new_text)
+        alignments = reader.read(generated.captured, len(draft_ids))[:len(draft_ids)]
+        attention = reader.attention.first_rows(len(alignments)) if alignments else None
+        return DraftResult(prompt, tuple(draft_ids), ended, attention, alignments)
 
-    def _judge(self, prompt: RenderedPrompt, captured, n_draft_tokens: int, n_accessible_units: int
-               ) -> tuple[DraftAttention, GateDecision]:
-        """Replay the heads on the draft rows captured so far and gate the first `n_draft_tokens` tokens."""
-        first_row = query_row_position(prompt.n_tokens, self.query_row)  # the row judging the first draft token
-        attention = split_draft_attention(replay(captured, self.heads), prompt.source_token_positions,
-                                          prompt.source_accessible_mask(), first_row=first_row,
-                                          draft_start=prompt.n_tokens)
-        # Under "own" the last generated token was never fed back, so it has no row: it is never judged, and
-        # waits for the next draft (it is the end of the draft, usually an incomplete unit anyway).
-        n_rows = min(n_draft_tokens, attention.n_rows)
-        if n_rows == 0:
-            return attention, GateDecision(0, ())
-        gate = gate_draft(attention.source[:, :n_rows], prompt.source_token_units,
-                          attention.mass_inaccessible[:, :n_rows], n_accessible_units, self.policy_config)
-        return attention, gate
-
-    def _early_stop(self, prompt: RenderedPrompt, n_accessible_units: int, until_rejected: bool,
+    def _early_stop(self, prompt: RenderedPrompt, reader: AlignmentReader, stop_at: TokenStop | None,
                     max_units: int | None) -> StopWhen | None:
-        if not until_rejected and max_units is None:
+        if stop_at is None and max_units is None:
             return None
 
         def stop(captured, token_ids: list[int]) -> bool:
@@ -270,49 +242,30 @@ class Translator:
                 text = self.continuation_text(prompt, token_ids)
                 if len(unit_spans(text, self.char_level)) > max_units:
                     return True
-            if until_rejected:
-                gate = self._judge(prompt, captured, len(token_ids), n_accessible_units)[1]
-                return bool(gate.verdicts) and not gate.verdicts[-1].accepted
+            if stop_at is not None:
+                n_read = len(reader.alignments)
+                return any(map(stop_at, reader.read(captured, len(token_ids))[n_read:]))
             return False
         return stop
 
-    def describe_stop(self, result: DraftResult) -> str:
-        """The token that stopped the draft and the source unit it looked at ("" when nothing stopped it)."""
-        verdicts = result.gate.verdicts
-        if not verdicts or verdicts[-1].accepted:
-            return ""
-        verdict, prompt = verdicts[-1], result.prompt
-        token = self.tokenizer.decode([result.draft_ids[result.gate.n_accepted_tokens]])
-        unit = min(int(verdict.aligned_unit), prompt.n_units - 1)
-        return (f"{token!r} looks at unit {verdict.aligned_unit:g} {prompt.unit_text(unit)!r}, "
-                f"frontier {prompt.n_accessible_units}")
-
-    def _accepted_text(self, prompt: RenderedPrompt, draft_ids: list[int], n_accepted: int, may_end: bool) -> str:
-        accepted = self.continuation_text(prompt, draft_ids[:n_accepted])
-        if n_accepted < len(draft_ids):
-            continuation = self.continuation_text(prompt, draft_ids[: n_accepted + 1])[len(accepted):]
-        else:
-            continuation = "" if may_end else None
-        return complete_units_text(accepted, continuation, self.char_level)
+    def token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
 
     def finish(self, source: str, target_prefix: str = "", history: Sequence[tuple[str, str]] = (),
-               must_continue: bool = False) -> str:
-        """Translate a committed sentence to the end, without the gate, continuing after `target_prefix`.
+               must_continue: bool = False, stop_text: Callable[[str], bool] | None = None) -> str:
+        """Translate a committed sentence to the end, without any gate, continuing after `target_prefix`.
 
-        `must_continue`: the accepted text ended a sentence before the whole source was heard, so the
-        translation may not end right there (its first token cannot end it).
+        `must_continue`: the translation may not end with its first token. `stop_text`: ends the pass once it holds
+        for the sentence's text so far (`target_prefix` and the pass's own).
         """
         prompt = self.prompts.render(source, target_prefix, None, history)
         if prompt.n_units == 0:
             return ""
-        budget = final_pass_budget(len(prompt.source_token_positions), self.config.max_final_tokens)
+        budget = self.config.final_budget(len(prompt.source_token_positions))
         criteria = ()
-        if self.guards.loop_repeats:
-            # Copies already written count, as they do when the copies are dropped below.
-            criteria = (_LoopStop(lambda ids: prompt.target_prefix + self.continuation_text(prompt, ids),
-                                  prompt.n_tokens, self.char_level, LOOP_STOP_FACTOR * self.guards.loop_repeats),)
+        if stop_text is not None:
+            criteria = (_TextStop(lambda ids: prompt.target_prefix + self.continuation_text(prompt, ids),
+                                  prompt.n_tokens, stop_text),)
         generated = self._generate(prompt, budget, capture=False, must_continue=must_continue, criteria=criteria)
         draft_ids, _ = self._split_end(prompt, generated.token_ids)
-        text = self.continuation_text(prompt, draft_ids).rstrip()
-        text = trim_repeated_start(prompt.target_prefix, text, self.char_level, self.guards.min_repeat_units)
-        return drop_loop_copies(prompt.target_prefix, text, self.char_level, self.guards.loop_repeats)
+        return self.continuation_text(prompt, draft_ids).rstrip()

@@ -17,9 +17,9 @@ All functions here are pure.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
-from alignatt.text_units import split_units, unit_spans
-from alignatt.stream.transcriber import CLOSERS, SENTENCE_FINAL
+from alignatt.text_units import CLOSERS, SENTENCE_FINAL, split_units, unit_spans
 
 # The transcriber's sentence ends, plus the ellipsis: a partial hypothesis trailing off must not end the text either.
 SENTENCE_FINAL_CHARS = "".join(SENTENCE_FINAL) + "…"
@@ -217,6 +217,23 @@ def _without_copy_start(before: list[str], text: str, spans: list[tuple[int, int
     return text
 
 
-def final_pass_budget(n_source_tokens: int, max_tokens: int) -> int:
-    """Token budget for finishing a committed sentence: grows with the source, bounded by `max_tokens`."""
-    return min(max_tokens, max(32, 3 * n_source_tokens + 24))
+# --- the final pass of a committed sentence ----------------------------------------------------------------
+
+def final_pass_must_continue(target_prefix: str, n_source_units: int, n_units_heard_for_prefix: int) -> bool:
+    """An accepted text that already ends a sentence, written before the whole source was heard, must not end the
+    translation: the rest of the source would be lost."""
+    return ends_sentence(target_prefix) and n_source_units > n_units_heard_for_prefix
+
+
+def final_pass_stop(guards: GuardOptions, char_level: bool) -> Callable[[str], bool] | None:
+    """When a final pass may end early: once the sentence's text holds a loop LOOP_STOP_FACTOR x `loop_repeats`
+    times (its copies would be dropped anyway). Copies already written count."""
+    if not guards.loop_repeats:
+        return None
+    return lambda text: ends_in_loop(text, char_level, LOOP_STOP_FACTOR * guards.loop_repeats)
+
+
+def final_pass_text(target_prefix: str, text: str, char_level: bool, guards: GuardOptions) -> str:
+    """What a final pass writes after `target_prefix`: without a restarted clause, without a loop's copies."""
+    text = trim_repeated_start(target_prefix, text, char_level, guards.min_repeat_units)
+    return drop_loop_copies(target_prefix, text, char_level, guards.loop_repeats)

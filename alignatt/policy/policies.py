@@ -1,8 +1,8 @@
 """Simultaneous policies on the same backbone: AlignAtt and two baselines, LocalAgreement-2 and wait-k.
 
 Every policy sees the same greedy draft of the open sentence (`Translator.draft`, continuing the target
-accepted so far) and decides how much of it to write; only the decision differs:
-- alignatt: the attention gate of `alignatt.policy.gate` (the draft's own `new_text`).
+accepted so far, with where each token looks) and decides how much of it to write; only the decision differs:
+- alignatt: the attention gate of `alignatt.policy.gate`, token by token, up to the first token it stops.
 - local-agreement: LocalAgreement-2, the policy of the IWSLT simultaneous baseline (Polak et al. 2022,
   Machacek et al. 2023): write the longest common prefix, in whole target units, of this step's draft and the
   previous step's draft, both read as continuations of the same accepted prefix.
@@ -11,17 +11,19 @@ accepted so far) and decides how much of it to write; only the decision differs:
 Committed sentences are finished by the cascade without any policy, as for AlignAtt.
 
 The decisions are pure functions; the policy objects apply them to a `DraftResult` and keep what must
-survive between steps in a `SentenceDecisions`, which the cascade holds per talk and renews per sentence.
+survive between steps in a `SentenceDecisions`, which the cascade holds per talk and renews per sentence. Every
+policy applies the guards of `alignatt.policy.guards` once, to the units it would write (`writable_units`), and
+reports the gate's verdicts on its draft, which the step log shows under every policy.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
+from alignatt.mt.translator import DraftResult, TokenStop
+from alignatt.policy.gate import GateConfig, GateDecision, complete_units_text, gate_draft, judge_token
 from alignatt.policy.guards import GuardOptions, cut_loop, ends_sentence
-from alignatt.policy.gate import complete_units_text
 from alignatt.text_units import unit_spans
-from alignatt.mt.translator import DraftResult
 
 POLICIES = ("alignatt", "local-agreement", "wait-k")
 
@@ -111,27 +113,39 @@ class DraftReader(Protocol):
     def continuation_text(self, prompt, token_ids: Sequence[int]) -> str: ...
 
 
-class DraftPolicy(Protocol):
-    # What the policy writes depends on the draft only up to the first token the gate stops.
-    until_rejected: bool
+@dataclass(frozen=True)
+class Decision:
+    """What a policy writes from one draft, and the gate's verdicts on that draft."""
 
+    text: str  # to append to the open sentence's accepted translation (may be empty)
+    gate: GateDecision
+
+
+class DraftPolicy(Protocol):
     def quota(self, n_accessible_units: int, state: SentenceDecisions) -> int | None:
         """The most units this step can write, known before drafting (None: no bound)."""
 
-    def accept(self, result: DraftResult, translator: DraftReader, n_accessible_units: int,
-               state: SentenceDecisions) -> str:
-        """Text to append to the open sentence's accepted translation (may be empty)."""
+    def stop_rule(self, n_accessible_units: int) -> TokenStop | None:
+        """The token after which nothing the draft goes on with can be written (None: draft to the end)."""
+
+    def decide(self, result: DraftResult, translator: DraftReader, n_accessible_units: int,
+               state: SentenceDecisions) -> Decision:
+        """What to write from the draft; updates `state`."""
 
 
-def _units_of(result: DraftResult, translator: DraftReader) -> DraftUnits:
-    return draft_units(translator.continuation_text(result.prompt, result.draft_ids), result.may_end,
+def may_end(result: DraftResult, guards: GuardOptions) -> bool:
+    """Whether the draft's end completes its last unit (while the sentence is open, a guard says it does not)."""
+    return result.ended and not guards.hold_draft_end
+
+
+def _units_of(result: DraftResult, translator: DraftReader, guards: GuardOptions) -> DraftUnits:
+    return draft_units(translator.continuation_text(result.prompt, result.draft_ids), may_end(result, guards),
                        translator.char_level)
 
 
 def writable_units(draft: DraftUnits, n_units: int, guards: GuardOptions, prefix: str, char_level: bool) -> int:
-    """At most `n_units` units of `draft` (which continues `prefix`), fewer where the guards of `alignatt.policy.guards`
-    stop the text: before a degenerate loop, and before sentence-final punctuation at its end. They apply here
-    as the AlignAtt translator applies them to its own accepted text."""
+    """At most `n_units` units of `draft` (which continues `prefix`), fewer where the guards stop the text: before
+    a degenerate loop, and before sentence-final punctuation at its end."""
     loop_free = cut_loop(prefix, draft.prefix(n_units), char_level, guards.loop_repeats)
     n_units = min(n_units, len(unit_spans(loop_free, char_level)))
     while guards.hold_sentence_end and n_units > 0 and ends_sentence(draft.prefix(n_units)):
@@ -139,30 +153,46 @@ def writable_units(draft: DraftUnits, n_units: int, guards: GuardOptions, prefix
     return n_units
 
 
+def gated_units(result: DraftResult, translator: DraftReader, gate: GateDecision, guards: GuardOptions
+                ) -> DraftUnits:
+    """The whole units of the tokens the gate accepted: the last one counts when the token after it starts a new
+    unit, or the draft ended there and may end."""
+    prompt, ids, n = result.prompt, result.draft_ids, gate.n_accepted_tokens
+    accepted = translator.continuation_text(prompt, ids[:n])
+    if n < len(ids):
+        continuation = translator.continuation_text(prompt, ids[:n + 1])[len(accepted):]
+    else:
+        continuation = "" if may_end(result, guards) else None
+    text = complete_units_text(accepted, continuation, translator.char_level)
+    return DraftUnits(text, tuple(unit_spans(text, translator.char_level)))
+
+
 @dataclass(frozen=True)
 class AlignAttPolicy:
-    """The attention gate, already applied by the translator; optionally capped so that a sentence's target never
-    runs more than `max_lead_units` units ahead of its accessible source (heads that point back at heard words
-    for words the model made up would otherwise let a guess through)."""
+    """The attention gate; optionally capped so that a sentence's target never runs more than `max_lead_units`
+    units ahead of its accessible source (heads that point back at heard words for words the model made up would
+    otherwise let a guess through)."""
 
     max_lead_units: int = -1
     guards: GuardOptions = GuardOptions()
-    until_rejected = True
+    gate: GateConfig = GateConfig()
 
     def quota(self, n_accessible_units, state) -> int | None:
         if self.max_lead_units < 0:
             return None
         return max(0, n_accessible_units + self.max_lead_units - state.n_units_written)
 
-    def accept(self, result, translator, n_accessible_units, state) -> str:
-        gated = DraftUnits(result.new_text, tuple(unit_spans(result.new_text, translator.char_level)))
-        n = len(gated.spans)
+    def stop_rule(self, n_accessible_units) -> TokenStop:
+        return lambda alignment: not judge_token(alignment, n_accessible_units, self.gate).accepted
+
+    def decide(self, result, translator, n_accessible_units, state) -> Decision:
+        gate = gate_draft(result.alignments, n_accessible_units, self.gate)
+        gated = gated_units(result, translator, gate, self.guards)
         budget = self.quota(n_accessible_units, state)
-        if budget is not None:
-            n = writable_units(gated, min(n, budget), self.guards, result.prompt.target_prefix,
-                               translator.char_level)
+        n = len(gated.spans) if budget is None else min(len(gated.spans), budget)
+        n = writable_units(gated, n, self.guards, result.prompt.target_prefix, translator.char_level)
         state.n_units_written += n
-        return gated.prefix(n)
+        return Decision(gated.prefix(n), gate)
 
 
 @dataclass(frozen=True)
@@ -170,19 +200,22 @@ class LocalAgreementPolicy:
     """LocalAgreement-2: write what two consecutive drafts agree on."""
 
     guards: GuardOptions = GuardOptions()
-    until_rejected = False
+    gate: GateConfig = GateConfig()
 
     def quota(self, n_accessible_units, state) -> int | None:
         return None  # every draft feeds the next agreement, whatever is written now
 
-    def accept(self, result, translator, n_accessible_units, state) -> str:
-        draft = _units_of(result, translator)
+    def stop_rule(self, n_accessible_units) -> None:
+        return None
+
+    def decide(self, result, translator, n_accessible_units, state) -> Decision:
+        draft = _units_of(result, translator, self.guards)
         units = draft.units
         n = writable_units(draft, agreed_units(state.previous_units, units), self.guards,
                            result.prompt.target_prefix, translator.char_level)
         state.previous_units = units[n:]  # the next draft continues after these n units
         state.n_units_written += n
-        return draft.prefix(n)
+        return Decision(draft.prefix(n), gate_draft(result.alignments, n_accessible_units, self.gate))
 
 
 @dataclass(frozen=True)
@@ -191,23 +224,26 @@ class WaitKPolicy:
 
     k: int
     guards: GuardOptions = GuardOptions()
-    until_rejected = False
+    gate: GateConfig = GateConfig()
 
     def quota(self, n_accessible_units, state) -> int | None:
         return wait_k_quota(n_accessible_units, self.k, state.n_units_written)
 
-    def accept(self, result, translator, n_accessible_units, state) -> str:
-        draft = _units_of(result, translator)
+    def stop_rule(self, n_accessible_units) -> None:
+        return None
+
+    def decide(self, result, translator, n_accessible_units, state) -> Decision:
+        draft = _units_of(result, translator, self.guards)
         n = min(len(draft.spans), self.quota(n_accessible_units, state))
         n = writable_units(draft, n, self.guards, result.prompt.target_prefix, translator.char_level)
         state.n_units_written += n
-        return draft.prefix(n)
+        return Decision(draft.prefix(n), gate_draft(result.alignments, n_accessible_units, self.gate))
 
 
-def make_policy(selection: PolicySelection = PolicySelection(), guards: GuardOptions = GuardOptions()
-                ) -> DraftPolicy:
+def make_policy(selection: PolicySelection = PolicySelection(), guards: GuardOptions = GuardOptions(),
+                gate: GateConfig = GateConfig()) -> DraftPolicy:
     if selection.policy == "local-agreement":
-        return LocalAgreementPolicy(guards)
+        return LocalAgreementPolicy(guards, gate)
     if selection.policy == "wait-k":
-        return WaitKPolicy(selection.wait_k, guards)
-    return AlignAttPolicy(selection.max_lead_units, guards)
+        return WaitKPolicy(selection.wait_k, guards, gate)
+    return AlignAttPolicy(selection.max_lead_units, guards, gate)

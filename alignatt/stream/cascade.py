@@ -2,7 +2,7 @@
 
 Each chunk: append audio -> re-transcribe the open sentence -> finish every sentence the ASR committed
 (translated to the end, without the gate, after what was already accepted for it) -> draft the open
-sentence and keep what the AlignAtt gate accepts. Output is append-only: units once returned are final. With
+sentence and write what the policy (`alignatt.policy`: the AlignAtt gate by default) decides. Output is append-only: units once returned are final. With
 `carry_committed`, a committed sentence whose written translation may already run into the next one is finished
 together with the next one instead.
 Every step leaves a `StepReport` (what was heard, the frontier, the draft, what stopped it, what was written).
@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from alignatt.stream.audio import SAMPLE_RATE_HZ, AudioBuffer
+from alignatt.audio import SAMPLE_RATE_HZ, AudioBuffer
 from alignatt.asr.base import AsrBackend
-from alignatt.policy.policies import AlignAttPolicy, DraftPolicy, SentenceDecisions
-from alignatt.policy.guards import ends_sentence, strip_sentence_final
+from alignatt.policy.gate import describe_stop
+from alignatt.policy.guards import (GuardOptions, final_pass_must_continue, final_pass_stop, final_pass_text,
+                                    strip_sentence_final)
+from alignatt.policy.policies import AlignAttPolicy, Decision, DraftPolicy, SentenceDecisions
 from alignatt.stream.source import SourceOptions, SourceSentence, SourceState, join_sentences
 from alignatt.text_units import split_units
 from alignatt.stream.transcriber import IncrementalTranscriber, TranscriberOptions, TranscriptUpdate
@@ -89,7 +91,7 @@ class _DraftKey:
     n_accessible_units: int
     target_prefix: str
     history: tuple
-    until_rejected: bool  # the draft stopped at the gate's first rejected token
+    stops_early: bool  # the draft stopped after the first token the policy's stop rule stopped
     max_units: int | None  # the draft stopped once it started more units than this
 
 
@@ -114,14 +116,17 @@ class Cascade:
 
     def __init__(self, asr: AsrBackend, translator: Translator, options: CascadeOptions = CascadeOptions(),
                  transcriber_options: TranscriberOptions = TranscriberOptions(),
-                 source_options: SourceOptions = SourceOptions(), policy: DraftPolicy | None = None):
+                 source_options: SourceOptions = SourceOptions(), policy: DraftPolicy | None = None,
+                 guards: GuardOptions = GuardOptions()):
+        """`guards` act on the source (open-sentence punctuation) and the final pass; the policy, which applies
+        them to the drafts it writes from, should hold the same."""
         self.asr = asr
         self.translator = translator
         self.options = options
         self.transcriber_options = transcriber_options
         self.source_options = source_options
-        self.guards = translator.guards
-        self.policy = policy or AlignAttPolicy(guards=self.guards)  # decides how much of each draft is written
+        self.guards = guards
+        self.policy = policy or AlignAttPolicy(guards=guards)  # decides how much of each draft is written
         self.talk = self._new_talk()
         self.last_step: StepReport | None = None  # the step the last push() or translate() ran (None: none ran)
 
@@ -188,15 +193,16 @@ class Cascade:
         if talk.carried is not None:  # committed, hence heard, and drafted before the open words
             open_sentence = join_sentences(talk.carried, open_sentence)
             accessible += len(talk.carried.units)
-        step, skipped, quota, drafted = None, False, None, []
+        step, decision, skipped, quota, drafted = None, None, False, None, []
         if open_sentence.units:
             step, skipped, accessible, quota = self._draft(open_sentence, accessible)
             if step is not None:
-                drafted = self._accept(self.policy.accept(step, self.translator, accessible, talk.decisions))
+                decision = self.policy.decide(step, self.translator, accessible, talk.decisions)
+                drafted = self._accept(decision.text)
             if drafted:
                 talk.prefix_heard_units = accessible
         self.last_step = self._report(heard.heard_s, open_sentence, len(heard.update.committed), accessible, step,
-                                      skipped, quota, units, drafted)
+                                      decision, skipped, quota, units, drafted)
         return units + drafted
 
     def _draft(self, sentence: SourceSentence, accessible: int
@@ -211,12 +217,13 @@ class Cascade:
         whole = self.options.whole_drafts
         if quota == 0 and not whole:
             return None, False, accessible, quota
+        stop_at = None if whole else self.policy.stop_rule(accessible)
         key = _DraftKey(source, accessible, talk.target_prefix, tuple(talk.history),
-                        until_rejected=self.policy.until_rejected and not whole, max_units=None if whole else quota)
+                        stops_early=stop_at is not None, max_units=None if whole else quota)
         if self.guards.skip_unchanged_drafts and talk.last_draft is not None and talk.last_draft[0] == key:
             return talk.last_draft[1], True, accessible, quota
-        step = self.translator.draft(key.source, accessible, key.target_prefix, key.history,
-                                     until_rejected=key.until_rejected, max_units=key.max_units)
+        step = self.translator.draft(key.source, accessible, key.target_prefix, key.history, stop_at=stop_at,
+                                     max_units=key.max_units)
         talk.last_draft = (key, step)
         return step, False, accessible, quota
 
@@ -237,12 +244,11 @@ class Cascade:
         return units
 
     def _finish_sentence(self, sentence: SourceSentence) -> list[str]:
-        talk = self.talk
-        # An accepted text that already ends a sentence, written before the whole source was heard, must
-        # not end the translation: the rest of the source would be lost.
-        must_continue = ends_sentence(talk.target_prefix) and len(sentence.units) > talk.prefix_heard_units
-        units = self._accept(self.translator.finish(sentence.text, talk.target_prefix, tuple(talk.history),
-                                                    must_continue=must_continue))
+        talk, char_level = self.talk, self.translator.char_level
+        must_continue = final_pass_must_continue(talk.target_prefix, len(sentence.units), talk.prefix_heard_units)
+        text = self.translator.finish(sentence.text, talk.target_prefix, tuple(talk.history),
+                                      must_continue=must_continue, stop_text=final_pass_stop(self.guards, char_level))
+        units = self._accept(final_pass_text(talk.target_prefix, text, char_level, self.guards))
         if self.options.history_sentences:
             talk.history.append((sentence.text, talk.target_prefix))
         talk.target_prefix = ""
@@ -259,16 +265,19 @@ class Cascade:
                 and len(sentence.units) < MAX_CARRIED_UNITS)
 
     def _report(self, heard_s: float, sentence: SourceSentence, n_committed: int, accessible: int,
-                step: DraftResult | None, skipped: bool, quota: int | None, finished: list[str],
-                drafted: list[str]) -> StepReport:
+                step: DraftResult | None, decision: Decision | None, skipped: bool, quota: int | None,
+                finished: list[str], drafted: list[str]) -> StepReport:
         draft = self.translator.continuation_text(step.prompt, step.draft_ids) if step else ""
+        stop = ""
+        if step is not None and decision.gate.stopped:
+            stopped_token = self.translator.token_text(step.draft_ids[decision.gate.n_accepted_tokens])
+            stop = describe_stop(decision.gate, step.prompt, stopped_token)
         return StepReport(
             heard_s=heard_s, transcript=sentence.text, held=self.talk.source.held_text, n_committed=n_committed,
             n_source_units=len(sentence.units), n_stable_units=sentence.n_stable_units,
             n_accessible_units=accessible, draft=draft, draft_skipped=skipped,
             n_draft_tokens=len(step.draft_ids) if step else 0,
-            n_accepted_tokens=step.gate.n_accepted_tokens if step else 0,
-            stop=self.translator.describe_stop(step) if step else "", quota=quota,
+            n_accepted_tokens=decision.gate.n_accepted_tokens if step else 0, stop=stop, quota=quota,
             written=(("" if self.translator.char_level else " ").join(finished + drafted)),
             n_drafted_units=len(drafted))
 

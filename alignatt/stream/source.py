@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from alignatt.asr.base import Word
-from alignatt.text_units import unit_spans
-from alignatt.stream.transcriber import CommitReason, TranscriptUpdate, is_sentence_end
+from alignatt.stream.transcriber import CommitReason, TranscriptUpdate
+from alignatt.text_units import is_sentence_end, unit_spans
 
 # Float slack so a word ending exactly at the heard time counts as heard despite rounding.
 _TIME_EPSILON_S = 1e-9

@@ -24,17 +24,14 @@ from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 from alignatt.asr.base import AsrBackend, Word
-from alignatt.stream.audio import SAMPLE_RATE_HZ, AudioBuffer
+from alignatt.audio import SAMPLE_RATE_HZ, AudioBuffer
+from alignatt.text_units import is_sentence_end
 
 logger = logging.getLogger(__name__)
 
-SENTENCE_FINAL = (".", "?", "!", "。", "？", "！")
 STABLE_WORDS = ("prefix", "aligned")
 # A shared run this short ("the", "and") matches by chance; two words in order rarely do.
 _MIN_ALIGNED_RUN = 2
-_ELLIPSES = ("...", "…")
-CLOSERS = "\"'”’»)]}」』"
-NON_FINAL_ABBREVIATIONS = frozenset({"mr.", "mrs.", "ms.", "dr.", "prof.", "st.", "vs.", "e.g.", "i.e.", "no."})
 
 CommitReason = Literal["agreed", "length_guard", "end_of_stream"]
 
@@ -90,13 +87,6 @@ class TranscriptUpdate:
 def normalise(text: str) -> str:
     """Comparison key of a word: case-folded letters and digits only."""
     return "".join(ch for ch in text.casefold() if ch.isalnum())
-
-
-def is_sentence_end(text: str) -> bool:
-    core = text.rstrip(CLOSERS)
-    if core.endswith(_ELLIPSES) or core.casefold() in NON_FINAL_ABBREVIATIONS:
-        return False
-    return core.endswith(SENTENCE_FINAL)
 
 
 def agreed_prefix_len(previous: Sequence[Word], current: Sequence[Word]) -> int:

@@ -29,8 +29,9 @@ import torch
 from transformers import (Gemma4ForConditionalGeneration, Qwen3ASRForConditionalGeneration,
                           Qwen3ASRForTokenClassification)
 
+from alignatt.accel.options import AccelOptions
 from alignatt.asr.qwen3 import Qwen3AsrBackend, Qwen3AsrOptions
-from alignatt.stream.audio import SAMPLE_RATE_HZ
+from alignatt.audio import SAMPLE_RATE_HZ
 from alignatt.mt.decoding import DecodeConfig
 from alignatt.devices import resolve_device, resolve_dtype
 from alignatt.mt.prompt import PromptConfig
@@ -74,7 +75,7 @@ def build_translator(tiny: bool, device: torch.device, dtype: torch.dtype, args)
         model = Gemma4ForConditionalGeneration._from_config(gemma4_e4b_config(tiny), dtype=dtype).eval()
     decode = DecodeConfig(decode=args.decode, compile_backend=args.backend, compile_mode=args.mode)
     return Translator(model, tokenizer, default_heads(tiny, model), PromptConfig(target_lang="de"),
-                      decode_config=decode)
+                      decode_config=decode, accel=AccelOptions().decode_hooks)
 
 
 def step_times(asr: Qwen3AsrBackend, translator: Translator, open_s: float, args, device) -> dict[str, float]:

@@ -11,8 +11,10 @@ cumulative time of each component's entry point is reported:
   mt.prompt   rendering and tokenising the prompt
   mt.generate greedy drafting: prefill and decode steps (with q/k capture)
   mt.replay   recomputing the draft x source attention of the chosen heads
-  mt.gate     the AlignAtt decision
-  mt.draft    a whole draft (prompt + generate + replay + gate)
+  mt.align    reading where each draft token looks (z-score, median filter, peak per head)
+  mt.gate     the AlignAtt decision on those readings
+  mt.draft    a whole draft (prompt + generate + replay + reading; replay and reading run inside generate where
+              the policy stops drafts early)
   final       final passes of committed sentences (generation without capture)
 RTF = wall time / audio. The steps run one after the other unless --pipeline is given: then the ASR of the next
 step runs in a thread while this one is translated (the demo's default on CPU), and cProfile sees the translator
@@ -37,6 +39,7 @@ COMPONENTS = {  # component: (file suffix, function name) of its entry point, as
     "mt.prompt": [("alignatt/mt/prompt.py", "render")],
     "mt.generate": [("alignatt/mt/decoding.py", "generate")],
     "mt.replay": [("alignatt/mt/replay.py", "replay")],
+    "mt.align": [("alignatt/mt/alignment.py", "read_alignments")],
     "mt.gate": [("alignatt/policy/gate.py", "gate_draft")],
     "mt.draft": [("alignatt/mt/translator.py", "draft")],
     "final": [("alignatt/mt/translator.py", "finish")],
@@ -69,8 +72,10 @@ def component_seconds(stats: pstats.Stats) -> dict[str, float]:
 
 def lm_head_summary(cascade) -> dict:
     """How greedy decoding's head ran: screened (alignatt.accel.screened_head) or the full fp32 head."""
-    screen = getattr(cascade.translator.decoder, "screen", None)
-    if screen is None:
+    from alignatt.accel.screened_head import ScreenedHead
+
+    screen = getattr(cascade.translator.decoder, "head", None)
+    if not isinstance(screen, ScreenedHead):
         return {"mode": "full"}
     counts = screen.counts
     return {"mode": "screened", "tokens": counts.tokens, "fallbacks": counts.fallbacks,

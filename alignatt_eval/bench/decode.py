@@ -29,8 +29,8 @@ import torch
 from transformers import GenerationConfig, Gemma4ForConditionalGeneration
 
 from alignatt.mt.capture import capture_heads
-from alignatt.mt.decoding import (CACHE_KWARG, DecodeConfig, Request, StaticDecoder, generation_with_compile,
-                               position_indexed_cache)
+from alignatt.generation import CACHE_KWARG, generation_with_compile
+from alignatt.mt.decoding import DecodeConfig, Request, StaticDecoder, position_indexed_cache
 from alignatt.devices import resolve_device, resolve_dtype
 from alignatt.mt.replay import replay
 from alignatt.mt.static_capture import StaticQKCapture

