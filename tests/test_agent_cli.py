@@ -15,6 +15,7 @@ from agent_fixtures import SPEECH_DIR, save_tiny_checkpoints, write_instance_lis
 
 AGENT = str(Path(__file__).resolve().parents[1] / "agents" / "alignatt_agent.py")
 FAST = ["--mt-max-final-tokens", "12", "--mt-max-draft-tokens", "6"]
+pytestmark = pytest.mark.slow  # simuleval, simulstream and compile subprocesses
 
 
 @pytest.fixture(scope="module")

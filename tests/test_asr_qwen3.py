@@ -142,6 +142,7 @@ def test_attach_times_maps_aligner_words_back_onto_tokens():
 COMPILED = dict(decode="compiled", compile_backend="aot_eager", compile_mode="default", max_new_tokens=8)
 
 
+@pytest.mark.slow
 def test_compiled_decoding_transcribes_like_eager(parts, backend):
     from torch._dynamo.utils import counters
 
@@ -158,6 +159,7 @@ def test_compiled_decoding_transcribes_like_eager(parts, backend):
     assert compiled.transcribe(noise(3.0), 2.0) == backend.transcribe(noise(3.0), 2.0)
 
 
+@pytest.mark.slow
 def test_compiled_decoding_falls_back_to_eager_past_the_cache(parts, backend, caplog):
     torch._dynamo.reset()
     asr, aligner, processor = parts
@@ -174,6 +176,7 @@ def test_eager_backend_on_cpu_by_default(backend):
         Qwen3AsrOptions(decode="static")
 
 
+@pytest.mark.slow
 def test_a_compiler_failure_falls_back_to_eager(parts, backend, failing_compile_backend, caplog):
     torch._dynamo.reset()
     asr, aligner, processor = parts

@@ -41,6 +41,7 @@ def normalised(words) -> list[str]:
     return [re.sub(r"[^a-z']", "", w.text.lower()) for w in words]
 
 
+@pytest.mark.slow
 def test_assembly_builds_a_loadable_directory_once(tmp_path):
     target = assemble_whisper_base(tmp_path / "whisper-base")
     names = {p.name for p in target.iterdir()}
@@ -51,6 +52,7 @@ def test_assembly_builds_a_loadable_directory_once(tmp_path):
     assert (target / "model.bin").stat().st_mtime_ns == stamp  # second call reuses the assembled file
 
 
+@pytest.mark.slow
 def test_first_15_s_give_expected_words_in_absolute_time(backend, speech):
     offset_s = 100.0
     words = backend.transcribe(speech[: 15 * SAMPLE_RATE_HZ], offset_s=offset_s)
@@ -65,6 +67,7 @@ def test_first_15_s_give_expected_words_in_absolute_time(backend, speech):
     assert offset_s + 1.0 < best.start_s < offset_s + 3.0  # "best" is spoken around 1.7 s into the file
 
 
+@pytest.mark.slow
 def test_empty_window_gives_no_words(backend):
     assert backend.transcribe(np.zeros(0, dtype=np.float32), offset_s=0.0) == []
 
@@ -74,6 +77,7 @@ def test_unknown_backend_name_is_rejected():
         load_backend("wav2vec")
 
 
+@pytest.mark.slow
 def test_incremental_transcription_commits_the_first_sentence(backend, speech):
     transcriber = IncrementalTranscriber(backend)
     buffer = AudioBuffer()
@@ -91,6 +95,7 @@ def test_incremental_transcription_commits_the_first_sentence(backend, speech):
     assert all(unit.end_s >= transcriber.boundary_s for unit in source.open_sentence.units)
 
 
+@pytest.mark.slow
 def test_features_use_one_blas_thread_whatever_the_environment(backend, speech, monkeypatch):
     """numpy's BLAS rounds the log-mel features differently at other thread counts and whisper then writes other
     words (seen: 2 threads in a shell, 1 in a Ray worker); transcription pins one BLAS thread."""
@@ -145,6 +150,7 @@ def fitted() -> WhisperBackend:
     return load_backend("whisper", WhisperOptions(compute_type="int8", encoder="ctranslate2", encoder_window="fit"))
 
 
+@pytest.mark.slow
 def test_a_fitted_encoder_window_sees_fewer_frames_and_hears_nearly_the_same_words(fitted, backend, speech):
     from faster_whisper import WhisperModel
 
@@ -171,6 +177,7 @@ def test_a_fitted_encoder_window_sees_fewer_frames_and_hears_nearly_the_same_wor
     assert all(abs(a.start_s - b.start_s) < 0.35 and abs(a.end_s - b.end_s) < 0.35 for a, b in shared)
 
 
+@pytest.mark.slow
 def test_a_fitted_window_longer_than_one_decode_is_transcribed_whole(fitted, speech):
     """faster-whisper refuses more than 448 tokens per decode; the bound on a 44 s window must stay under it."""
     words = fitted.transcribe(speech, offset_s=0.0)
@@ -207,9 +214,10 @@ def decoded_temperatures(backend: WhisperBackend, monkeypatch) -> list[float]:
     return temperatures
 
 
+@pytest.mark.slow
 def test_a_window_that_fails_whisper_s_checks_gives_the_same_words_every_time(speech, monkeypatch):
     window = speech[FALLBACK_WINDOW]
-    int8 = {"compute_type": "int8", "encoder": "ctranslate2"}  # faster-whisper's own encoder, where the fallback was seen
+    int8 = {"compute_type": "int8", "encoder": "ctranslate2"}  # faster-whisper's own encoder, as the fallback was seen
     sampling = load_backend("whisper", WhisperOptions(**int8, temperature_fallback=True))
     failing_whisper_s_checks(sampling, monkeypatch)
     sampled_at = decoded_temperatures(sampling, monkeypatch)

@@ -276,6 +276,7 @@ def tiny_translator(gemma_tok):
                       TranslatorConfig(max_final_tokens=6, max_draft_tokens=6))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("selection", [PolicySelection("local-agreement"), PolicySelection("wait-k", 2)],
                          ids=["local-agreement", "wait-k2"])
 def test_baselines_on_the_real_translator(selection, tiny_translator):

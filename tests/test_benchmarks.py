@@ -21,6 +21,7 @@ def fresh_dynamo():
     yield
 
 
+@pytest.mark.slow
 def test_bench_decode_tiny(tmp_path, capsys):
     out = tmp_path / "decode.json"
     assert bench_decode.main(["--tiny", "--repeats", "1", "--prompt-tokens", "80", "--draft-tokens", "4",
@@ -38,6 +39,7 @@ def test_bench_decode_tiny(tmp_path, capsys):
     assert "compiled_capture_over_compiled_plain" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bench_chunk_tiny(tmp_path, capsys):
     out = tmp_path / "chunk.json"
     assert bench_chunk.main(["--tiny", "--open-s", "1.5", "4", "--out", str(out)]) == 0
@@ -58,7 +60,7 @@ def test_bench_arguments_are_checked(capsys):
 
 
 def test_full_size_configs_match_the_real_checkpoints():
-    """Sizes DESIGN.md §3 records for Gemma-4 E4B (7.46 B text parameters, 2.82 B per-layer embeddings) and
+    """The sizes of the published Gemma-4 E4B (7.46 B text parameters, 2.82 B per-layer embeddings) and
     the published Qwen3-ASR-1.7B / ForcedAligner-0.6B shapes, built on the meta device (no memory)."""
     from types import SimpleNamespace
 
@@ -86,6 +88,7 @@ def test_full_size_configs_match_the_real_checkpoints():
     assert len(default_heads(False, SimpleNamespace(config=e4b.config))) == 4  # the shipped heads fit
 
 
+@pytest.mark.slow
 def test_bench_lm_head_times_both_heads_on_the_same_tokens(tmp_path):
     out = tmp_path / "lm_head.json"
     result = bench_lm_head.main(["--rounds", "1", "--tokens", "4", "--out", str(out)])
@@ -93,6 +96,7 @@ def test_bench_lm_head_times_both_heads_on_the_same_tokens(tmp_path):
     assert set(json.loads(out.read_text())["ms_per_token_median"]) == {"full", "screened"}
 
 
+@pytest.mark.slow
 def test_bench_cpu_gives_the_same_translation_with_the_asr_a_step_ahead(tmp_path):
     """alignatt_eval.bench.cpu through the demo's code path, on tiny checkpoints: one half after the other and pipelined
     write the same text, and the report says which ran and what was measured."""

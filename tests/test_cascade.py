@@ -390,6 +390,7 @@ class OverlapCheckingCascade(Cascade):
         return super().translate(heard)
 
 
+@pytest.mark.slow
 def test_the_asr_running_a_step_ahead_writes_the_same_talk(translator):
     """The demo's pipeline: each step's ASR runs in a thread while the step before it is translated, and the talk's
     steps and text are those of one step after the other."""

@@ -69,6 +69,7 @@ def test_new_key_index(positions, key_len, expected):
 
 # --- capture under compile -------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_static_capture_keeps_compiled_logits_bit_identical(dtype):
     model = build_gemma4_conditional().to(dtype)
@@ -82,6 +83,7 @@ def test_static_capture_keeps_compiled_logits_bit_identical(dtype):
     assert [int(x.argmax()) for x in uncompiled] == [int(x.argmax()) for x in plain]
 
 
+@pytest.mark.slow
 def test_static_capture_replays_like_the_eager_capture():
     model = build("gemma4")
     ids, n_new = prompt_ids(20), 10
@@ -139,6 +141,7 @@ def translator_with(model, tok, decode_config, **prompt):
     return Translator(model, tok, HEADS, PromptConfig(target_lang="de", **prompt), decode_config=decode_config)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decode_config", [DecodeConfig(decode="static", max_cache_tokens=256), COMPILED],
                          ids=["static", "compiled"])
 def test_static_paths_draft_like_the_eager_path(gemma_model, gemma_tok, decode_config):
@@ -162,6 +165,7 @@ def test_the_static_path_hands_generate_its_cache_under_the_current_name(gemma_m
         static.draft(SOURCE, 5, "Wir")
 
 
+@pytest.mark.slow
 def test_prompt_kv_is_reused_while_the_prefix_holds(gemma_model, gemma_tok):
     history = [("Good morning everyone.", "Guten Morgen allerseits.")]
     reusing = translator_with(gemma_model, gemma_tok, DecodeConfig(decode="static", max_cache_tokens=256))
@@ -209,6 +213,7 @@ def test_decode_config():
     assert isinstance(make_decoder(build("gemma4"), HEADS, DecodeConfig()), EagerDecoder)
 
 
+@pytest.mark.slow
 def test_the_decoder_without_accel_uses_the_model_s_head_and_imports_no_accel_module():
     """The engine's seam: without a `DecodeAccel` (the GPU's path) the decoder runs the model's own head and
     generate() alone, and neither it nor the cascade around it imports `alignatt.accel`, which plugs in through
@@ -235,6 +240,7 @@ def test_static_decoder_without_capture_request_returns_no_rows(gemma_model):
     assert result.captured is None and len(result.token_ids) == 4
 
 
+@pytest.mark.slow
 def test_warm_up_compiles_every_graph_a_talk_meets(gemma_tok):
     """Sliding layers compile one graph while the window fills and one once it rolls: both at warm-up."""
     from torch._dynamo.utils import counters
@@ -251,6 +257,7 @@ def test_warm_up_compiles_every_graph_a_talk_meets(gemma_tok):
     assert counters["stats"]["unique_graphs"] == compiled
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["gemma3", "qwen3", "gemma4-plain"])
 def test_static_path_on_other_architectures(kind, gemma_tok, qwen_tok):
     """Caches without sliding layers (Qwen3), Gemma-3's hybrid cache, and plain few-shot prompts with their
@@ -273,6 +280,7 @@ def test_static_path_on_other_architectures(kind, gemma_tok, qwen_tok):
     assert translators[0].finish(SOURCE) == translators[1].finish(SOURCE)
 
 
+@pytest.mark.slow
 def test_a_compiler_failure_falls_back_to_eager(gemma_model, gemma_tok, failing_compile_backend, caplog):
     eager = translator_with(gemma_model, gemma_tok, DecodeConfig(decode="eager"))
     broken = translator_with(gemma_model, gemma_tok, DecodeConfig(
@@ -283,6 +291,7 @@ def test_a_compiler_failure_falls_back_to_eager(gemma_model, gemma_tok, failing_
     assert a.draft_ids == b.draft_ids and same_decision(a, b, 5, (eager, broken))
 
 
+@pytest.mark.slow
 def test_one_compiled_decode_graph_with_tensor_inputs_only(gemma_tok):
     """CUDA graphs re-record for every value of a symbolic int input: the decode step must take tensors only
     (transformers' rolling sliding-window cache passes its length as a Python int), and one graph must serve

@@ -21,6 +21,7 @@ def checkpoints(tmp_path_factory):
     return save_tiny_checkpoints(tmp_path_factory.mktemp("demo"))
 
 
+@pytest.mark.slow
 def test_demo_plays_a_talk_and_scores_it_with_omnisteval(checkpoints, tmp_path):
     reference = tmp_path / "reference.de.txt"
     reference.write_text("Dies ist eine synthetische Audiodatei zum Testen Ihres Übersetzungssystems.\n")
@@ -67,8 +68,10 @@ def test_full_models_are_used_where_their_weights_are_cached(monkeypatch):
 
 def test_offline_demo_without_heads_for_the_direction_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(demo, "weights_cached", lambda model_id: False)
-    with pytest.raises(SystemExit, match="calibrated heads for de only"):
-        demo.parse_args(["--target-lang", "zh"])
+    with pytest.raises(SystemExit, match="ship no heads file for en-fr: pass --heads FILE"):
+        demo.parse_args(["--target-lang", "fr"])
+    with pytest.raises(SystemExit, match="ship no few-shot file for en-fr: pass --few-shot-file"):
+        demo.parse_args(["--target-lang", "fr", "--heads", "heads.json"])
 
 
 def test_a_missing_wav_is_a_clear_error():
@@ -157,6 +160,7 @@ def test_as_fast_as_the_models_run_the_ca_time_is_the_audio_heard_plus_the_step(
     assert fed.emitted_ms(1.0) == 9000.0 and fed.lag_s(1.0) == 9.0 - 2.55  # live: when it appeared
 
 
+@pytest.mark.slow
 def test_live_demo_keeps_pace_by_taking_bigger_steps(checkpoints):
     """At 200x real time no step of the tiny models computes within its chunk's 4 ms, so the live demo must catch
     up."""

@@ -47,6 +47,7 @@ def talk_of_calls(translator: Translator) -> list:
     return results
 
 
+@pytest.mark.slow
 def test_draft_reuse_gives_generates_tokens_and_attention_in_fewer_forward_passes(gemma_model, gemma_tok):
     plain = Translator(gemma_model, gemma_tok, HEADS, PromptConfig(target_lang="de"),
                        decode_config=DecodeConfig(**STATIC))
@@ -96,6 +97,7 @@ def request(max_new_tokens=6, eos=(1,), stop_after=None, suppress=None) -> Reque
                    stop_when=lambda captured, tokens: False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cut", ["criterion at 1", "criterion at 2", "criterion at 3", "end token", "budget"])
 def test_a_stop_inside_the_verified_tokens_ends_the_call_where_generate_would(gemma_model, cut):
     """The same prompt twice: the second call's proposal is the first call's tokens, so its first pass verifies
@@ -183,7 +185,8 @@ def test_the_accepted_prefix_reads_no_row_past_the_first_departure():
     assert accepted_prefix([7, 1, 5], [1, 1]) == [7]
 
 
-@pytest.mark.parametrize("kind", ["gemma3", "gemma4"])  # gemma4: a soft cap after the head
+# gemma4: a soft cap after the head
+@pytest.mark.parametrize("kind", ["gemma3", pytest.param("gemma4", marks=pytest.mark.slow)])
 def test_a_screened_verification_gives_the_full_heads_tokens_and_never_computes_the_full_head(kind, monkeypatch):
     """The screened head verifies the proposal row by row: the same tokens as decoding without draft reuse, for calls
     whose proposals hold, calls whose proposals depart at once and a call whose proposed first token is suppressed;

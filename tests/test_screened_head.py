@@ -51,6 +51,7 @@ def greedy(generation_kwargs: dict, tokenizer) -> GenerationConfig:
                             pad_token_id=tokenizer.pad_token_id, **generation_kwargs)
 
 
+@pytest.mark.slow
 def test_the_int8_logits_stay_within_their_unsafetied_bound_on_real_hidden_states(gemma3, screen):
     model, tokenizer = gemma3
     rows = head_inputs(model, tokenizer, PROMPTS[0] + " Es war die beste aller Zeiten, es war die schlimmste.")
@@ -60,6 +61,7 @@ def test_the_int8_logits_stay_within_their_unsafetied_bound_on_real_hidden_state
         assert bool(((approx - full).abs() <= bound).all())
 
 
+@pytest.mark.slow
 def test_a_real_token_computes_few_rows_in_fp32(gemma3, screen):
     model, tokenizer = gemma3
     session = screen.session(greedy({"repetition_penalty": 1.05}, tokenizer), 1)
@@ -72,6 +74,7 @@ def test_a_real_token_computes_few_rows_in_fp32(gemma3, screen):
     assert counts[0] >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("generation_kwargs", [
     {}, {"repetition_penalty": 1.05}, {"repetition_penalty": 1.3},
     {"repetition_penalty": 1.05, "begin_suppress_tokens": "eos+newline"}])
@@ -104,6 +107,7 @@ def tied_model():
     return model
 
 
+@pytest.mark.slow
 def test_a_screened_generation_leaves_the_caller_s_lengths_alone(gemma3, screen, caplog):
     """The merged config carries the model's default max_length; handed back to generate() it read as the
     caller's and made transformers warn on every draft."""
@@ -151,7 +155,8 @@ def test_a_penalised_leader_loses_as_under_the_full_head():
     assert screen.counts.fallbacks <= 2  # and the screen's candidates allowed for it (no full-head rescue)
 
 
-@pytest.mark.parametrize("kind", ["gemma3", "gemma4"])  # gemma4: a final soft cap after the head
+# gemma4: a final soft cap after the head
+@pytest.mark.parametrize("kind", ["gemma3", pytest.param("gemma4", marks=pytest.mark.slow)])
 def test_tiny_models_generate_the_same_tokens_screened(kind):
     model = build(kind, vocab_size=4096)
     screen = make_screen(model, "screened", compiled=False)

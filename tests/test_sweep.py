@@ -108,6 +108,8 @@ def local_ray():
         ray.shutdown()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # the sweep subprocess alone may take 900 s
 def test_sweep_gives_the_run_dev_results_and_a_rerun_does_nothing(study, tmp_path):
     root, data, flags, reference = study
     out = tmp_path / "sweep"
@@ -148,6 +150,7 @@ def test_sweep_gives_the_run_dev_results_and_a_rerun_does_nothing(study, tmp_pat
     assert [r["bleu"] for r in again] == [r["bleu"] for r in rows]
 
 
+@pytest.mark.slow
 def test_a_killed_worker_loses_only_its_job(study, local_ray, tmp_path):
     root, data, flags, reference = study
     out = tmp_path / "sweep"
@@ -173,6 +176,7 @@ def test_a_killed_worker_loses_only_its_job(study, local_ray, tmp_path):
     assert not list(out.glob("*/talks/*.partial"))
 
 
+@pytest.mark.slow
 def test_a_failing_job_is_retried_then_reported_and_the_rest_scored(study, local_ray, tmp_path):
     root, data, flags, reference = study
     out = tmp_path / "sweep"
@@ -193,6 +197,7 @@ def test_a_failing_job_is_retried_then_reported_and_the_rest_scored(study, local
     assert (out / "results.tsv").read_text().splitlines()[1].split("\t")[4] == "1/2"
 
 
+@pytest.mark.slow
 def test_a_job_over_the_timeout_has_its_worker_stopped_and_fails(study, local_ray, tmp_path):
     root, data, flags, reference = study
     _, configs = sweep.plan([str(write_grid(tmp_path / "grid.yaml", data, RUNS[:1])), "--out", str(tmp_path / "out"),

@@ -7,6 +7,8 @@ import pytest
 from test_translator import heads_file_for, save_tiny_checkpoint
 from tiny_models import build_gemma4_conditional
 
+pytestmark = pytest.mark.slow  # `python -m alignatt.cli.trace` subprocesses
+
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, gemma_tok):

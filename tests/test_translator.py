@@ -127,6 +127,7 @@ def test_gate_reads_the_model_s_own_attention_on_the_declared_rows(gemma_model, 
     assert result.attention.n_rows >= n
 
 
+@pytest.mark.slow
 def test_end_of_turn_is_a_stop_id_even_if_the_generation_config_omits_it(gemma_model, gemma_tok):
     gemma_model.generation_config.eos_token_id = 1  # only <eos>, as some checkpoints ship it
     translator = Translator(gemma_model, gemma_tok, HEADS, PromptConfig(target_lang="de"))
@@ -174,6 +175,7 @@ def looping_model(gemma_tok, word=" Haus"):
     return favouring_model(gemma_tok.encode(word, add_special_tokens=False), len(gemma_tok), seed=2)
 
 
+@pytest.mark.slow
 def test_a_degenerate_loop_is_cut_in_drafts_and_final_passes(gemma_tok):
     translator = Translator(looping_model(gemma_tok), gemma_tok, HEADS, PromptConfig(target_lang="de"))
     loose = GuardOptions(loop_repeats=0)
@@ -246,6 +248,7 @@ def test_chinese_target_trims_per_character(gemma_model, gemma_tok):
     assert "\ufffd" not in gated(translator, SOURCE, len(SOURCE.split()), "我们")[1].text
 
 
+@pytest.mark.slow
 def test_plain_prompt_for_base_models_stops_at_line_end(gemma_model):
     tokenizer = gemma_tokenizer(chat=False)
     translator = Translator(gemma_model, tokenizer, HEADS, PromptConfig(style="plain", target_lang="it"),
@@ -254,6 +257,7 @@ def test_plain_prompt_for_base_models_stops_at_line_end(gemma_model):
     assert "\n" not in gated(translator, SOURCE, 4)[1].text
 
 
+@pytest.mark.slow
 def test_plain_translation_ends_where_the_model_starts_another_example(gemma_model):
     """A base model that copies English for a while can go on with the prompt's layout on the same line (held-out
     talk DyXpuURBMP, 2026-12-02: "... namely Sebastian's German: Hallo, ich bin Kelly, ..." and the talk's start
@@ -297,6 +301,7 @@ def heads_file_for(model, **overrides):
     return HeadsFile(**values)
 
 
+@pytest.mark.slow
 def test_from_pretrained_loads_the_conditional_generation_class(tmp_path, gemma_model, gemma_tok):
     path = save_tiny_checkpoint(tmp_path / "tiny", gemma_model, gemma_tok)
     translator = Translator.from_pretrained(TranslatorConfig(model_id=path, device="cpu"), heads_file_for(gemma_model),
@@ -307,6 +312,7 @@ def test_from_pretrained_loads_the_conditional_generation_class(tmp_path, gemma_
     assert translator.draft(SOURCE, 5, "Wir").draft_ids == reference.draft_ids  # same weights, same drafts
 
 
+@pytest.mark.slow
 def test_from_pretrained_rejects_heads_of_another_model(tmp_path, gemma_model, gemma_tok):
     path = save_tiny_checkpoint(tmp_path / "tiny", gemma_model, gemma_tok)
     with pytest.raises(HeadsFileError, match="42 layers x 8 heads"):

@@ -53,6 +53,7 @@ def ct2_float32(model_dir, features) -> np.ndarray:
     return ct2_encode(model_dir, features, "float32")
 
 
+@pytest.mark.slow
 def test_the_torch_encoder_computes_what_ctranslate2_computes_from_the_same_weights(model_dir, features,
                                                                                     ct2_float32):
     encoder = TorchWhisperEncoder.from_ct2_dir(model_dir, torch.float32)
@@ -68,6 +69,7 @@ def test_the_torch_encoder_computes_what_ctranslate2_computes_from_the_same_weig
     assert np.array_equal(own, states)
 
 
+@pytest.mark.slow
 def test_bf16_is_nearer_the_float_encoder_than_ctranslate2_int8(model_dir, features, ct2_float32):
     bf16 = TorchWhisperEncoder.from_ct2_dir(model_dir, torch.bfloat16)(features)
     int8 = ct2_encode(model_dir, features, "int8")
@@ -75,6 +77,7 @@ def test_bf16_is_nearer_the_float_encoder_than_ctranslate2_int8(model_dir, featu
     assert bf16_error < 0.5 * int8_error  # seen: 0.020 against 0.069
 
 
+@pytest.mark.slow
 def test_shorter_inputs_use_the_first_positions_as_ctranslate2_does(model_dir, features):
     short = np.ascontiguousarray(features[..., :1000])
     states = TorchWhisperEncoder.from_ct2_dir(model_dir, torch.float32)(short)
@@ -105,6 +108,7 @@ def test_the_reader_reads_scalars_and_refuses_what_it_does_not_know(tmp_path):
         read_ct2_variables(_model_bin(tmp_path / "int8.bin", 6, 1))  # an int8 conversion: values without scales
 
 
+@pytest.mark.slow
 def test_an_array_the_mapping_does_not_know_is_refused_not_ignored(model_dir):
     variables = read_ct2_variables(model_dir / "model.bin")
     assert len(encoder_state_dict(variables)) == 3 + 4 + 15 * 6  # convs, positions, final norm; 15 per layer
@@ -113,6 +117,7 @@ def test_an_array_the_mapping_does_not_know_is_refused_not_ignored(model_dir):
         encoder_state_dict(variables)
 
 
+@pytest.mark.slow
 def test_bf16_gives_the_same_states_at_one_and_two_threads(model_dir, features):
     """The sweep's workers run one torch thread, a shell run two: the ASR cache and the tools' equality rely on
     both transcribing alike."""
@@ -154,6 +159,7 @@ def test_the_backend_builds_a_torch_encoder_only_through_its_hook(monkeypatch):
         WhisperBackend.from_options(WhisperOptions(encoder="torch-fp32"))
 
 
+@pytest.mark.slow
 def test_the_backend_keeps_the_encoder_it_resolved_and_a_fitted_window_reaches_it(monkeypatch):
     audio, _ = sf.read(WAV, dtype="float32")
     backend = load_backend("whisper", WhisperOptions(encoder="torch-bf16", encoder_window="fit"))
@@ -173,6 +179,7 @@ def test_the_backend_keeps_the_encoder_it_resolved_and_a_fitted_window_reaches_i
     assert load_backend("whisper", WhisperOptions()).options.encoder == "ctranslate2"
 
 
+@pytest.mark.slow
 def test_the_asr_cache_key_names_the_encoder_that_ran_not_auto(tmp_path, monkeypatch):
     """A cache recorded where auto meant torch-bf16 is not replayed where it means ctranslate2."""
     from argparse import Namespace

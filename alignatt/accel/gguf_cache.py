@@ -1,7 +1,7 @@
 """A GGUF checkpoint converted once to a regular transformers checkpoint, so later loads take seconds.
 
 transformers reads a GGUF file's metadata three times per load (tokenizer, config, weights), and for a 262k-token
-vocabulary each read walks millions of fields: loading Gemma-3-270M from its GGUF took about 100 s on 2 CPU cores,
+vocabulary each read walks millions of fields: loading Gemma-3-270M from its GGUF takes minutes on a small CPU,
 in every simuleval process and every demo start. The conversion dequantises to float32 exactly as a direct load
 does and is stored with save_pretrained; the cache key is the file's resolved path, size, modification time and
 the transformers version, so a changed file or a new dequantiser never reads a stale conversion.

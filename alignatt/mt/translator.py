@@ -82,8 +82,8 @@ _PLAIN_END_BY_TOKENIZER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def plain_end_criteria(tokenizer, markers: tuple[str, ...]) -> StoppingCriteriaList:
     """Stop where a plain-layout translation ends (`PromptBuilder.plain_end_markers`). Built once per tokenizer and
     markers: transformers would rebuild it from the whole vocabulary on every generate() call given `stop_strings`
-    (1.7 s per draft for Gemma-3's 262k tokens on 2 CPU cores), and even a built one costs 1-3 s, which the
-    cascades of a sweep worker share."""
+    (for Gemma-3's 262k tokens, longer than the draft itself on a small CPU), and even building it once is costly,
+    so the cascades of a sweep worker share it."""
     built = _PLAIN_END_BY_TOKENIZER.setdefault(tokenizer, {})
     if markers not in built:
         built[markers] = StoppingCriteriaList([StopStringCriteria(tokenizer, list(markers))])
@@ -126,8 +126,8 @@ class Translator:
         self.prompts = PromptBuilder(tokenizer, prompt_config, few_shot)
         self.char_level = is_char_level(prompt_config.target_lang)
         self._eos_ids = self._end_token_ids()
-        # Built here, with the models, not on the first draft: it walks the whole vocabulary once (4 s for
-        # Gemma-3's 262k tokens on 2 CPU cores), time a talk's first step should not pay.
+        # Built here, with the models, not on the first draft: it walks the whole vocabulary once (262k tokens for
+        # Gemma-3), time a talk's first step should not pay.
         self._plain_end = (plain_end_criteria(tokenizer, self.prompts.plain_end_markers())
                            if prompt_config.style == "plain" else None)
         self.decoder = decoder if decoder is not None else make_decoder(model, self.heads, decode_config, accel)

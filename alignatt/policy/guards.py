@@ -94,7 +94,7 @@ def trim_repeated_start(prefix: str, continuation: str, char_level: bool, min_un
 
 
 LOOP_GROUP_UNITS = 4  # the longest group of units a loop repeats ("-von -die -von -die ...")
-# A looping final pass would run to its token budget (up to 160 tokens, about 17 s on 2 CPU cores) only to have its
+# A looping final pass would run to its token budget (up to 160 tokens, seconds on a CPU) only to have its
 # copies dropped; once the written text and its own hold this many times `loop_repeats` copies, it stops. Text it
 # would have written after so long a loop is given up.
 LOOP_STOP_FACTOR = 2

@@ -1,7 +1,7 @@
 """Configs of the real checkpoints, for random-init models of full size (speed and memory benchmarks), and
 scaled-down versions of the same architectures (CPU smoke runs).
 
-Gemma-4 E4B-it: DESIGN.md §3 (checked with transformers 5.23; 7.46 B text parameters, 2.82 B of them
+Gemma-4 E4B-it: the published config.json as transformers 5.23 reads it (7.46 B text parameters, 2.82 B of them
 per-layer embeddings, which this config reproduces exactly). Qwen3-ASR-1.7B-hf and
 Qwen3-ForcedAligner-0.6B-hf: the values of their published config.json files. Special-token ids come from
 the processor in use, so that an offline processor works with them.
