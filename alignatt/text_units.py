@@ -50,9 +50,18 @@ def split_units(text: str, char_level: bool = False) -> list[str]:
     return [text[start:end] for start, end in unit_spans(text, char_level)]
 
 
+def unit_separators(units: list[str], char_level: bool = False) -> list[str]:
+    """What goes before each unit when units are joined: a space between words; in a character-level language
+    nothing, except a space between two runs of other characters ("ACL 2023", "new method")."""
+    if not char_level:
+        return [""] + [" "] * (len(units) - 1)
+    return [" " if i and not is_cjk_char(units[i - 1][-1:]) and not is_cjk_char(unit[:1]) else ""
+            for i, unit in enumerate(units)]
+
+
 def join_units(units: list[str], char_level: bool = False) -> str:
     """Inverse of `split_units` up to whitespace normalisation."""
-    return ("" if char_level else " ").join(units)
+    return "".join(sep + unit for sep, unit in zip(unit_separators(units, char_level), units))
 
 
 def is_sentence_end(text: str) -> bool:

@@ -66,6 +66,17 @@ def test_full_models_are_used_where_their_weights_are_cached(monkeypatch):
     assert args.reference is None  # no shipped reference for another talk
 
 
+@pytest.mark.parametrize("lang", ["it", "zh"])
+def test_the_offline_demo_runs_every_shipped_direction_with_no_other_flag(monkeypatch, lang):
+    monkeypatch.setattr(demo, "weights_cached", lambda model_id: False)
+    args = demo.parse_args(["--target-lang", lang])
+    assert Path(args.heads) == REPO / "alignatt" / "mt" / "heads_files" / f"gemma-3-270m.en-{lang}.json"
+    assert Path(args.few_shot_file) == REPO / "alignatt" / "assets" / "few_shot" / f"en-{lang}.jsonl"
+    assert Path(args.reference) == REPO / "alignatt" / "assets" / "speech" / f"two_cities.{lang}.txt"
+    own = demo.parse_args(["--target-lang", lang, "--heads", "mine.json"])
+    assert own.heads == "mine.json" and own.few_shot_file == args.few_shot_file  # the user's own file wins
+
+
 def test_offline_demo_without_heads_for_the_direction_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(demo, "weights_cached", lambda model_id: False)
     with pytest.raises(SystemExit, match="ship no heads file for en-fr: pass --heads FILE"):

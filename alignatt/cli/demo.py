@@ -23,7 +23,7 @@ import soundfile
 from tqdm import tqdm
 
 from alignatt.asr.qwen3 import QWEN3_ASR_1_7B, QWEN3_FORCED_ALIGNER_0_6B
-from alignatt.cli.omnisteval import CA_KEY, omnisteval_command, run_omnisteval
+from alignatt.cli.omnisteval import CA_KEY, omnisteval_command, run_omnisteval, scored_delays
 from alignatt.cli.pipeline import run_ahead
 from alignatt.factory import add_arguments, build_cascade
 from alignatt.mt.heads import HeadsFileError, shipped_heads_path
@@ -298,7 +298,8 @@ def score(wav: str, duration_s: float, reference: str, emission: Emission, lang:
     segments.write_text(json.dumps([{"wav": Path(wav).name, "offset": 0.0, "duration": duration_s}]))
     references.write_text(" ".join(Path(reference).read_text(encoding="utf-8").split()) + "\n", encoding="utf-8")
     hypothesis = {"source": [str(Path(wav).resolve())], "prediction": join_units(emission.units, is_char_level(lang)),
-                  "delays": emission.cu_ms, CA_KEY: emission.ca_ms}
+                  "delays": scored_delays(emission.units, emission.cu_ms, lang),
+                  CA_KEY: scored_delays(emission.units, emission.ca_ms, lang)}
     hypotheses.write_text(json.dumps(hypothesis, ensure_ascii=False) + "\n", encoding="utf-8")
     return run_omnisteval(omnisteval_command(segments, references, None, hypotheses, lang, out / "omnisteval"),
                           out / "omnisteval")

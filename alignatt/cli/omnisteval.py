@@ -10,9 +10,21 @@ import os
 import subprocess
 from pathlib import Path
 
-from alignatt.text_units import is_char_level
+from alignatt.text_units import is_char_level, unit_separators
 
 CA_KEY = "elapsed_step"
+
+
+def scored_delays(units: list[str], delays_ms: list[float], lang: str) -> list[float]:
+    """The emission time of every unit OmniSTEval counts in `join_units(units)`: a word each at word level; at
+    character level every character, spaces included (a run such as "ACL" or "2023" is one unit of ours, so each of
+    its characters, and the space before it, takes its time)."""
+    if not is_char_level(lang):
+        return list(delays_ms)
+    timed = []
+    for separator, unit, delay_ms in zip(unit_separators(units, True), units, delays_ms):
+        timed += [delay_ms] * (len(separator) + len(unit))
+    return timed
 
 
 def omnisteval_command(segments: Path, references: Path, sources: Path | None, hypotheses: Path, lang: str,
