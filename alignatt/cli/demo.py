@@ -117,16 +117,21 @@ def build_parser() -> argparse.ArgumentParser:
                            "two overlap: the same steps and text at --speed 0 in less wall time, and live, more "
                            "steps keep pace); --no-pipeline runs them one after the other (default: on where the "
                            "translator runs on CPU; off on a GPU, where it was never measured)")
-    demo.add_argument("--models", choices=("auto", "full", "offline"), default="auto",
-                      help="full: Gemma-4-E4B-it + Qwen3-ASR; offline: faster-whisper base + Gemma-3-270M; "
-                           "auto (the default): full where those weights are cached")
+    add_models_argument(demo)
     demo.add_argument("--out", default=None, help="folder for the hypothesis log and OmniSTEval's output")
     add_arguments(parser)
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = build_parser()
+def add_models_argument(group) -> None:
+    group.add_argument("--models", choices=("auto", "full", "offline"), default="auto",
+                       help="full: Gemma-4-E4B-it + Qwen3-ASR; offline: faster-whisper base + Gemma-3-270M; "
+                            "auto (the default): full where those weights are cached")
+
+
+def parse_with_models(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Flags, with the offline proxy's defaults under --models offline, or auto without the full models' weights;
+    args.models says which was chosen."""
     args = parser.parse_args(argv)
     full = all(map(weights_cached, (TranslatorConfig.model_id, QWEN3_ASR_1_7B, QWEN3_FORCED_ALIGNER_0_6B)))
     if args.models == "offline" or (args.models == "auto" and not full):
@@ -135,6 +140,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.models = "offline"
     else:
         args.models = "full"
+    return args
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = parse_with_models(build_parser(), argv)
     if args.reference is None and Path(args.wav).resolve() == DEFAULT_WAV:
         reference = DEFAULT_REFERENCES.get(args.target_lang)
         args.reference = str(reference) if reference else None

@@ -20,6 +20,7 @@ class Command(NamedTuple):
 
 COMMANDS = {
     "demo": Command("alignatt.cli.demo", "play a talk through the cascade in simulated real time"),
+    "serve": Command("alignatt.serve.cli", "serve many talks at once over WebSocket (and a web page) from one process"),
     "trace": Command("alignatt.cli.trace", "trace one draft: its tokens, where each head looks, the gate's verdicts"),
     "calibrate": Command("alignatt.calibration.select_heads", "select alignment heads and write a heads file"),
     "synth-talks": Command("alignatt_eval.runners.synth_talks", "synthesise the offline dev talks with espeak-ng"),
