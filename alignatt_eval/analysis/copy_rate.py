@@ -53,6 +53,8 @@ def row_copies(row: Path, data: Path, lang: str) -> CopyCount:
     """The copies of every talk of a run folder, added up."""
     total = CopyCount(0, 0)
     for log in sorted(row.glob("talks/*/instances.log")):
+        if log.parent.suffix == ".partial":  # a talk still running, or stopped before it finished
+            continue
         talk = log.parent.name
         [instance] = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
         source = (data / "per_talk" / f"{talk}.en").read_text(encoding="utf-8")
