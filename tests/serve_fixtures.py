@@ -20,6 +20,7 @@ from alignatt.asr.base import AsrBackend, Word
 from alignatt.audio import SAMPLE_RATE_HZ
 from alignatt.cli.demo import feed
 from alignatt.mt.capture import HeadRef
+from alignatt.mt.decoding import DecodeConfig
 from alignatt.mt.prompt import PromptConfig
 from alignatt.mt.translator import Translator, TranslatorConfig
 from alignatt.policy.policies import PolicySelection, make_policy
@@ -79,11 +80,13 @@ class ScriptedBuilder:
     tokenizer: object
     languages: tuple[str, ...] = ("de", "it")
     defaults: SessionOptions = SessionOptions()
+    decode: DecodeConfig = DecodeConfig()  # eager on CPU: drafts are not batched; static: they are
     built: list = field(default_factory=list)  # weak references to every cascade built
 
     def build(self, options: SessionOptions) -> Cascade:
         translator = Translator(self.model, self.tokenizer, HEADS, PromptConfig(target_lang=options.target_lang),
-                                TranslatorConfig(max_draft_tokens=6, min_draft_tokens=2, max_final_tokens=8))
+                                TranslatorConfig(max_draft_tokens=6, min_draft_tokens=2, max_final_tokens=8),
+                                decode_config=self.decode)
         policy = make_policy(PolicySelection(options.policy, options.wait_k))
         cascade = Cascade(ToneAsr(), translator, CascadeOptions(step_ms=STEP_MS, min_audio_s=0.8), policy=policy)
         self.built.append(weakref.ref(cascade))
@@ -99,8 +102,9 @@ class ServerThread:
     """A server on a free loopback port, its event loop and worker in background threads."""
 
     def __init__(self, builder, fixed_chunks: bool = True, **server_options):
-        self.scheduler = Scheduler(builder, SchedulerOptions(fixed_chunks=fixed_chunks,
-                                                             max_queue_s=server_options.pop("max_queue_s", 20.0)))
+        self.scheduler = Scheduler(builder, SchedulerOptions(
+            fixed_chunks=fixed_chunks, max_queue_s=server_options.pop("max_queue_s", 20.0),
+            batch_drafts=server_options.pop("batch_drafts", True)))
         self.server = Server(self.scheduler, replace(ServerOptions(port=0), **server_options))
         self.loop = asyncio.new_event_loop()
         self._started = threading.Event()

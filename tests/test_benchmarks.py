@@ -120,3 +120,31 @@ def test_bench_cpu_gives_the_same_translation_with_the_asr_a_step_ahead(tmp_path
         assert report["rtf"] == pytest.approx(report["wall_s"] / report["audio_s"], abs=2e-3)  # both rounded
         assert report["compute_s"] >= report["asr_ms_per_step"] * report["steps"] / 1000 > 0
     assert "asr" in sequential["components_s"] and "asr" not in pipelined["components_s"]  # another thread's
+
+
+def test_serve_capacity_scores_a_session_against_its_talk_alone_and_its_reference(tmp_path):
+    """The capacity benchmark's per-session figures: units that differ from the talk alone, and OmniSTEval's
+    LongYAAL from the times the units arrived (CU: audio the step had taken; CA: when the client got them)."""
+    from alignatt_eval.bench.serve_capacity import SessionRun, Talk, longyaal, text_delays, units_changed, write_rows
+
+    def run(units, cu_ms):
+        return SessionRun("t", 6.0, (0.5,), 1.0, tuple(units), tuple(cu_ms), tuple(x + 400.0 for x in cu_ms), "de")
+
+    alone = run("Wir schlagen eine neue Methode vor .".split(), [2000, 2500, 3000, 3500, 4000, 6000, 6000])
+    assert units_changed(alone, alone) == 0.0
+    other = run("Wir schlagen eine andere Methode vor .".split(), alone.cu_ms)
+    assert units_changed(other, alone) == pytest.approx(1 / 7)
+    wav = tmp_path / "t.wav"
+    wav.write_bytes(b"")
+    cu, ca = longyaal(alone, Talk("t", wav, "Wir schlagen eine neue Methode vor."), tmp_path / "score")
+    assert cu == pytest.approx(1000, abs=1) and ca == pytest.approx(cu + 400, abs=1)  # 1 s per word, each 1 s late
+    late = run(alone.units, [5000] * 7)
+    assert longyaal(late, Talk("t", wav, "Wir schlagen eine neue Methode vor."), tmp_path / "late")[0] > cu
+    # "." joins "vor" on the page, so OmniSTEval sees six words; Chinese: one time per character, the space
+    # between two Latin runs included
+    assert text_delays(list(alone.units), list(alone.cu_ms), "de") == [2000, 2500, 3000, 3500, 4000, 6000]
+    assert text_delays(["用", "ACL", "2023", "。"], [1, 2, 3, 4], "zh") == [1, 2, 2, 2, 3, 3, 3, 3, 3, 4]
+    table = tmp_path / "rows.tsv"
+    write_rows(table, [{"label": "a", "n": 1}])
+    write_rows(table, [{"label": "b", "n": 2}])
+    assert table.read_text().splitlines() == ["label\tn", "a\t1", "b\t2"]

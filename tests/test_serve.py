@@ -87,6 +87,26 @@ def test_concurrent_talks_each_get_exactly_their_text_alone(builder, talks, alon
     assert max(len(tick) for tick in ticks) >= 2  # the talks were served side by side
 
 
+def test_batched_drafts_give_each_talk_its_text_alone(gemma_tok, talks):
+    """Static decoders, so each tick drafts every due session in one batch: in float64 (batched rounding far below
+    any greedy margin) each client gets exactly its talk's text alone, with other languages and policies in the
+    same batches; with batching off, the same."""
+    import torch
+    from alignatt.mt.decoding import DecodeConfig
+
+    model = build_gemma4_conditional(vocab_size=len(gemma_tok)).to(torch.float64)
+    static = ScriptedBuilder(model, gemma_tok, decode=DecodeConfig(decode="static", max_cache_tokens=512))
+    settings = [{}, {"target_lang": "it"}, {"policy": "wait-k", "wait_k": 2}]
+    expected = [alone(static, session_options(s, static.defaults, static.languages), audio)
+                for s, audio in zip(settings, talks)]
+    for batch in (True, False):
+        with ServerThread(static, fixed_chunks=True, batch_drafts=batch) as served:
+            results = gather(*(run_talk(served.url, audio, s) for s, audio in zip(settings, talks)))
+            counts = served.scheduler._batcher.counts
+        assert [r.units for r in results] == expected and all(r.finished for r in results)
+        assert (counts.rows > counts.batches > 3) if batch else counts.batches == 0
+
+
 def test_round_robin_keeps_every_session_within_one_step_of_the_others(builder, talks):
     """Two clients dump their whole talks at once: once both are served, each tick steps both, so the lead the
     first one took before the second connected changes by at most one step while both have audio waiting."""

@@ -264,6 +264,7 @@ class StaticDecoder:
         self.config = config
         self.compile = compile
         self.head = head
+        self.heads = tuple(heads)
         self.capture = StaticQKCapture(model, heads, config.max_cache_tokens)
         self.prompt_kv = PromptKV(model, config.max_cache_tokens)
         self.fallback = EagerDecoder(model, heads, head)

@@ -19,7 +19,8 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from alignatt.mt.alignment import AlignmentConfig, AlignmentReader, TokenAlignment
 from alignatt.mt.capture import HeadRef
-from alignatt.mt.decoding import DecodeAccel, DecodeConfig, Decoder, Request, StopWhen, as_id_list, make_decoder
+from alignatt.mt.decoding import (DecodeAccel, DecodeConfig, Decoder, Generated, Request, StopWhen, as_id_list,
+                                  make_decoder)
 from alignatt.mt.loading import DEFAULT_GGUF_CACHE_DIR, ResolveCheckpoint, load_model_and_tokenizer
 from alignatt.mt.heads import HeadsFile, check_query_row
 from alignatt.mt.prompt import PromptBuilder, PromptConfig, RenderedPrompt
@@ -74,6 +75,28 @@ class DraftResult:
 
 # Stops a draft after the token whose alignment it is given (the policy's rule, e.g. the AlignAtt gate).
 TokenStop = Callable[[TokenAlignment], bool]
+
+
+@dataclass(frozen=True)
+class DraftCall:
+    """The arguments of one `Translator.draft`."""
+
+    source: str
+    n_accessible_units: int
+    target_prefix: str = ""
+    history: tuple[tuple[str, str], ...] = ()
+    stop_at: TokenStop | None = None
+    max_units: int | None = None
+
+
+@dataclass(frozen=True)
+class PreparedDraft:
+    """A draft waiting for its generation: the prompt, the reader of its rows (which the request's stop callback
+    also reads) and the generation request."""
+
+    prompt: RenderedPrompt
+    reader: AlignmentReader
+    request: Request
 
 
 _PLAIN_END_BY_TOKENIZER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -177,14 +200,19 @@ class Translator:
         filler = self.prompts.render("This sentence only warms up the translator.", "", None)
         self.decoder.warm_up(filler.input_ids, self._generation_config(self.config.max_draft_tokens))
 
-    def _generate(self, prompt: RenderedPrompt, max_new_tokens: int, capture: bool, must_continue: bool = False,
-                  stop_when: StopWhen | None = None, criteria: Sequence[StoppingCriteria] = ()):
+    def _request(self, prompt: RenderedPrompt, max_new_tokens: int, capture: bool, must_continue: bool = False,
+                 stop_when: StopWhen | None = None, criteria: Sequence[StoppingCriteria] = ()) -> Request:
         generation = self._generation_config(max_new_tokens, must_continue)
         criteria = [*(self._plain_end or ()), *criteria]  # base models: one line per translation
         kwargs = {"stopping_criteria": StoppingCriteriaList(criteria)} if criteria else {}
-        return self.decoder.generate(Request(
-            input_ids=prompt.input_ids, generation=generation,
-            capture_from=prompt.n_tokens - 1 if capture else None, generate_kwargs=kwargs, stop_when=stop_when))
+        return Request(input_ids=prompt.input_ids, generation=generation,
+                       capture_from=prompt.n_tokens - 1 if capture else None, generate_kwargs=kwargs,
+                       stop_when=stop_when)
+
+    def _generate(self, prompt: RenderedPrompt, max_new_tokens: int, capture: bool, must_continue: bool = False,
+                  stop_when: StopWhen | None = None, criteria: Sequence[StoppingCriteria] = ()) -> Generated:
+        return self.decoder.generate(self._request(prompt, max_new_tokens, capture, must_continue, stop_when,
+                                                   criteria))
 
     def continuation_text(self, prompt: RenderedPrompt, token_ids: Sequence[int]) -> str:
         """Text that `token_ids` add after the prompt (decoded with the prompt's last token as anchor, so
@@ -220,17 +248,34 @@ class Translator:
         tokens), and once the draft has started more than `max_units` target units (its first `max_units` units
         are then complete).
         """
-        prompt = self.prompts.render(source, target_prefix, n_accessible_units, history)
+        return self.draft_call(DraftCall(source, n_accessible_units, target_prefix, tuple(history), stop_at,
+                                         max_units))
+
+    def draft_call(self, call: "DraftCall") -> DraftResult:
+        """`draft` for one `DraftCall`, on this translator's own decoder."""
+        prepared = self.prepare_draft(call)
+        if isinstance(prepared, DraftResult):
+            return prepared
+        return self.complete_draft(prepared, self.decoder.generate(prepared.request))
+
+    def prepare_draft(self, call: "DraftCall") -> "PreparedDraft | DraftResult":
+        """The generation a draft needs (a DraftResult at once when there is nothing to draft); a decoder runs
+        its request, alone (`draft_call`) or batched with other sessions' (`alignatt.mt.batching`)."""
+        prompt = self.prompts.render(call.source, call.target_prefix, call.n_accessible_units, call.history)
         if prompt.n_units == 0:
             return DraftResult(prompt, (), False, None, ())
         reader = AlignmentReader(prompt, self.heads, self.query_row, self.alignment_config)
         budget = self.config.draft_budget(len(prompt.source_token_positions))
-        generated = self._generate(prompt, budget, capture=True,
-                                   stop_when=self._early_stop(prompt, reader, stop_at, max_units))
-        draft_ids, ended = self._split_end(prompt, generated.token_ids)
-        alignments = reader.read(generated.captured, len(draft_ids))[:len(draft_ids)]
-        attention = reader.attention.first_rows(len(alignments)) if alignments else None
-        return DraftResult(prompt, tuple(draft_ids), ended, attention, alignments)
+        request = self._request(prompt, budget, capture=True,
+                                stop_when=self._early_stop(prompt, reader, call.stop_at, call.max_units))
+        return PreparedDraft(prompt, reader, request)
+
+    def complete_draft(self, prepared: "PreparedDraft", generated: Generated) -> DraftResult:
+        """The draft and its alignments from the generation of a prepared draft."""
+        draft_ids, ended = self._split_end(prepared.prompt, generated.token_ids)
+        alignments = prepared.reader.read(generated.captured, len(draft_ids))[:len(draft_ids)]
+        attention = prepared.reader.attention.first_rows(len(alignments)) if alignments else None
+        return DraftResult(prepared.prompt, tuple(draft_ids), ended, attention, alignments)
 
     def _early_stop(self, prompt: RenderedPrompt, reader: AlignmentReader, stop_at: TokenStop | None,
                     max_units: int | None) -> StopWhen | None:

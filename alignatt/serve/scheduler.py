@@ -29,7 +29,10 @@ from typing import Callable
 
 import numpy as np
 
+from alignatt.mt.batching import DraftBatcher
+from alignatt.mt.translator import DraftCall, DraftResult
 from alignatt.serve.session import CascadeBuilder, Session, SessionOptions
+from alignatt.stream.cascade import Translation
 from alignatt.text_units import split_units
 
 logger = logging.getLogger(__name__)
@@ -42,6 +45,9 @@ class SchedulerOptions:
     fixed_chunks: bool = field(default=False, metadata={
         "help": "every step takes exactly one step_ms chunk (no catch-up): a session's text is deterministic and "
                 "equal to the same talk's text served alone; live clients fall behind on a slow machine"})
+    batch_drafts: bool = field(default=True, metadata={
+        "help": "draft for every session of a tick in one batch (per session when off, or where sessions cannot "
+                "share a batch: the eager decoding path, other models)"})
     max_queue_s: float = field(default=20.0, metadata={
         "help": "audio a session may have waiting for its steps; a client ahead by more is not read from until "
                 "a step takes some (backpressure)"})
@@ -168,6 +174,7 @@ class Scheduler:
         self.ticks = 0
         self.tick_history: deque[tuple[str, ...]] = deque(maxlen=10000)  # the sessions each tick stepped
         self.peak_queued_s = 0.0  # the most audio one session had waiting, over all sessions so far
+        self._batcher = DraftBatcher()
         self._thread = threading.Thread(target=self._run, name="alignatt-serve-worker", daemon=True)
 
     def start(self) -> None:
@@ -216,8 +223,14 @@ class Scheduler:
         """Step every due session once; False when none was due. (A method, so that no slot outlives the tick in
         a local variable of the loop: a closed session's state goes as soon as the scheduler forgets it.)"""
         due = self._due_slots()
-        for slot in due:
-            self._step(slot)
+        steps = [self._begin(slot) for slot in due]
+        if self.options.batch_drafts:
+            self._run_batched(steps)
+        else:
+            for step in steps:
+                self._run_alone(step)
+        for step in steps:
+            self._end(step)
         if due:
             self.tick_history.append(tuple(slot.session.id for slot in due))
             self.ticks += 1
@@ -269,41 +282,109 @@ class Scheduler:
             return queued, True  # the rest (less than a chunk, or all of it when live), then the final pass
         return None
 
-    def _step(self, slot: Slot) -> None:
+    def _begin(self, slot: Slot) -> "_Running":
+        """Take the audio of the slot's next step; its translation has not started."""
         n_samples, final = self._chunk_due(slot)
         was_full = slot.queue.full()
         self.peak_queued_s = max(self.peak_queued_s, slot.queue.peak / slot.queue.rate_hz)
         samples, arrived_s = slot.queue.take(n_samples)
         if was_full and not slot.queue.full():
             slot.on_space()
+        cascade = slot.session.cascade
+        if not samples.size:
+            cascade.last_step = None
+        return _Running(slot, cascade.step(samples, slot.queue.rate_hz, end_of_stream=final), bool(samples.size),
+                        final, arrived_s)
+
+    def _run_alone(self, step: "_Running") -> None:
+        """The whole step (its ASR and each of its drafts) on the session's own translator."""
+        step.began_s = time.monotonic()
+        step.advance(None)
+        while step.call is not None:
+            self._draft_alone(step)
+
+    def _run_batched(self, steps: list["_Running"]) -> None:
+        """Every step up to its draft (the ASR, one session after another), then the drafts of all in one batch,
+        until every step is done."""
+        for step in steps:
+            step.began_s = time.monotonic()
+            step.advance(None)
+        while waiting := [step for step in steps if step.call is not None]:
+            pairs = [(step.slot.session.cascade.translator, step.call) for step in waiting]
+            try:
+                results = self._batcher.draft_many(pairs)
+            except Exception:  # noqa: BLE001 - a batch that fails is retried one session at a time
+                logger.exception("a batched draft failed: drafting each session alone")
+                for step in waiting:
+                    self._draft_alone(step)
+                continue
+            for step, result in zip(waiting, results):
+                step.advance(result)
+
+    @staticmethod
+    def _draft_alone(step: "_Running") -> None:
+        """The draft the step waits for, on its session's own translator."""
         try:
-            outcome = self._run_step(slot, samples, arrived_s, final)
-        except Exception as err:  # noqa: BLE001 - one session's failure must not stop the others
-            logger.exception("session %s failed", slot.session.id)
-            slot.failed = True
-            slot.notify(StepFailure(f"{type(err).__name__}: {err}"))
+            result = step.slot.session.cascade.draft_alone(step.call)
+        except Exception as err:  # noqa: BLE001 - this session fails, the others go on
+            step.fail(err)
             return
+        step.advance(result)
+
+    def _end(self, step: "_Running") -> None:
+        """Tell the client what its step wrote (or that it failed); after a final step, the next talk."""
+        slot = step.slot
+        if step.error is not None:
+            logger.error("session %s failed: %s", slot.session.id, step.error, exc_info=step.error)
+            slot.failed = True
+            slot.notify(StepFailure(f"{type(step.error).__name__}: {step.error}"))
+            return
+        outcome = self._outcome(step)
         if outcome is not None:
             slot.notify(outcome)
-        if final:
+        if step.final:
             slot.session.new_talk()
             slot.queue.restart()
 
-    def _run_step(self, slot: Slot, samples: np.ndarray, arrived_s: float, final: bool) -> StepOutcome | None:
-        cascade, audio = slot.session.cascade, slot.queue
-        began = time.monotonic()
-        units = cascade.push(samples, audio.rate_hz) if samples.size else []
-        report = cascade.last_step if samples.size else None
-        if final:
-            units += cascade.finish()
-        done = time.monotonic()
-        if report is None and not units and not final:
+    def _outcome(self, step: "_Running") -> StepOutcome | None:
+        slot, cascade, audio = step.slot, step.slot.session.cascade, step.slot.queue
+        units, report = step.units, cascade.last_step if step.had_audio else None
+        if report is None and not units and not step.final:
             return None  # the chunk only gathered audio (the first seconds of a talk)
         audio_s = audio.taken / audio.rate_hz
-        first = audio.first_arrival_s if audio.first_arrival_s is not None else began
-        text = slot.session.write(units, cascade.heard_s, done - first)
-        open_units = 0 if final else len(split_units(cascade.talk.target_prefix, slot.session.char_level))
+        first = audio.first_arrival_s if audio.first_arrival_s is not None else step.began_s
+        text = slot.session.write(units, cascade.heard_s, step.done_s - first)
+        open_units = 0 if step.final else len(split_units(cascade.talk.target_prefix, slot.session.char_level))
         transcript = report.transcript if report is not None else ""
         return StepOutcome(units, text, audio_s, cascade.heard_s, transcript,
-                           min(open_units, len(slot.session.written)), compute_s=done - began,
-                           waited_s=max(0.0, began - arrived_s), lag_s=max(0.0, done - first - audio_s), final=final)
+                           min(open_units, len(slot.session.written)), compute_s=step.done_s - step.began_s,
+                           waited_s=max(0.0, step.began_s - step.arrived_s),
+                           lag_s=max(0.0, step.done_s - first - audio_s), final=step.final)
+
+
+@dataclass
+class _Running:
+    """One session's step in the tick: its translation, paused at `call` (the draft it waits for) until done."""
+
+    slot: Slot
+    translation: Translation
+    had_audio: bool
+    final: bool
+    arrived_s: float
+    began_s: float = 0.0
+    done_s: float = 0.0
+    call: DraftCall | None = None
+    units: list[str] = field(default_factory=list)
+    error: Exception | None = None
+
+    def advance(self, result: DraftResult | None) -> None:
+        """Send the draft the step waited for (None to start it) and run it to its next draft or its end."""
+        try:
+            self.call = self.translation.send(result)
+        except StopIteration as done:
+            self.units, self.call, self.done_s = done.value, None, time.monotonic()
+        except Exception as err:  # noqa: BLE001 - this session fails, the others go on
+            self.fail(err)
+
+    def fail(self, err: Exception) -> None:
+        self.error, self.call, self.done_s = err, None, time.monotonic()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable, Generator
 
 import numpy as np
 
@@ -24,9 +25,23 @@ from alignatt.policy.policies import AlignAttPolicy, Decision, DraftPolicy, Sent
 from alignatt.stream.source import SourceOptions, SourceSentence, SourceState, join_sentences
 from alignatt.text_units import split_units
 from alignatt.stream.transcriber import IncrementalTranscriber, TranscriberOptions, TranscriptUpdate
-from alignatt.mt.translator import DraftResult, Translator
+from alignatt.mt.translator import DraftCall, DraftResult, Translator
 
 logger = logging.getLogger(__name__)
+
+# A cascade step as a generator: it yields each draft it needs, is sent the draft, and returns the units written.
+Translation = Generator[DraftCall, DraftResult, list[str]]
+
+
+def run_translation(translation: Translation, draft: Callable[[DraftCall], DraftResult]) -> list[str]:
+    """Run a translation to its end, each draft by `draft`; return the units it wrote."""
+    try:
+        call = next(translation)
+        while True:
+            call = translation.send(draft(call))
+    except StopIteration as done:
+        return done.value
+
 
 # A carried unit is finished once it reaches this many source units, so the prompt stays short even when the
 # written text keeps running past sentence ends.
@@ -149,14 +164,35 @@ class Cascade:
 
         A step (ASR + translation) runs once `step_ms` of audio has gathered since the last one.
         """
-        self.last_step = None
-        heard = self.hear(samples, sample_rate_hz)
-        return self.translate(heard) if heard is not None else []
+        return self._drafting_here(self.step(samples, sample_rate_hz))
 
     def finish(self) -> list[str]:
         """End of stream: commit and translate everything still open; return the remaining units."""
-        heard = self.hear_end()
-        return self.translate(heard) if heard is not None else []
+        return self._drafting_here(self.step(np.zeros(0, np.float32), SAMPLE_RATE_HZ, end_of_stream=True))
+
+    def step(self, samples: np.ndarray, sample_rate_hz: int, end_of_stream: bool = False) -> Translation:
+        """`push` (when `samples` is not empty), then `finish` (when `end_of_stream`), as one `Translation`: it
+        pauses at each draft it needs, so that a server can draft for several talks at once."""
+        units = []
+        if samples.size:
+            self.last_step = None
+            heard = self.hear(samples, sample_rate_hz)
+            if heard is not None:
+                units += yield from self.translation(heard)
+        if end_of_stream:
+            heard = self.hear_end()
+            if heard is not None:
+                units += yield from self.translation(heard)
+        return units
+
+    def _drafting_here(self, translation: Translation) -> list[str]:
+        """Run a translation with every draft on this cascade's own translator."""
+        return run_translation(translation, self.draft_alone)
+
+    def draft_alone(self, call: DraftCall) -> DraftResult:
+        """One draft on this cascade's own translator."""
+        return self.translator.draft(call.source, call.n_accessible_units, call.target_prefix, call.history,
+                                     stop_at=call.stop_at, max_units=call.max_units)
 
     def hear(self, samples: np.ndarray, sample_rate_hz: int) -> Heard | None:
         """The ASR half of `push`: gather the chunk and, once a step's worth has gathered, re-transcribe the open
@@ -183,6 +219,10 @@ class Cascade:
 
     def translate(self, heard: Heard) -> list[str]:
         """The translation half of `push` and `finish`: apply one ASR step and return the units it accepts."""
+        return self._drafting_here(self.translation(heard))
+
+    def translation(self, heard: Heard) -> Translation:
+        """`translate` as a `Translation` that pauses at its draft."""
         talk = self.talk
         talk.source.apply(heard.update)
         if heard.end_of_stream:
@@ -195,7 +235,7 @@ class Cascade:
             accessible += len(talk.carried.units)
         step, decision, skipped, quota, drafted = None, None, False, None, []
         if open_sentence.units:
-            step, skipped, accessible, quota = self._draft(open_sentence, accessible)
+            step, skipped, accessible, quota = yield from self._draft(open_sentence, accessible)
             if step is not None:
                 decision = self.policy.decide(step, self.translator, accessible, talk.decisions)
                 drafted = self._accept(decision.text)
@@ -206,7 +246,7 @@ class Cascade:
         return units + drafted
 
     def _draft(self, sentence: SourceSentence, accessible: int
-               ) -> tuple[DraftResult | None, bool, int, int | None]:
+               ) -> Generator[DraftCall, DraftResult, tuple[DraftResult | None, bool, int, int | None]]:
         """Draft the open sentence (or reuse the last draft when nothing it depends on changed, or skip it when
         the policy can write nothing); also return the frontier in the drafted source's units and the quota."""
         talk = self.talk
@@ -222,8 +262,8 @@ class Cascade:
                         stops_early=stop_at is not None, max_units=None if whole else quota)
         if self.guards.skip_unchanged_drafts and talk.last_draft is not None and talk.last_draft[0] == key:
             return talk.last_draft[1], True, accessible, quota
-        step = self.translator.draft(key.source, accessible, key.target_prefix, key.history, stop_at=stop_at,
-                                     max_units=key.max_units)
+        step = yield DraftCall(key.source, accessible, key.target_prefix, key.history, stop_at=stop_at,
+                               max_units=key.max_units)
         talk.last_draft = (key, step)
         return step, False, accessible, quota
 

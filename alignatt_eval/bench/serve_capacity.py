@@ -1,21 +1,27 @@
 """Capacity of one `alignatt serve` process: N clients with different talks at once, each sending its audio at
 real time, and how far each one's text trails its speaker.
 
-    python -m alignatt_eval.runners.synth_talks --talks 4 --max-seconds 40 --out /tmp/talks
-    python -m alignatt_eval.bench.serve_capacity --talks /tmp/talks --sessions 1 2 4 --out results/serve/results.tsv \
-        -- --models offline                          # after --: flags for the server (`alignatt serve --help`)
+    python -m alignatt_eval.runners.synth_talks --talks 8 --max-seconds 40 --out /tmp/talks
+    python -m alignatt_eval.bench.serve_capacity --talks /tmp/talks --sessions 1 2 4 8 --label batched \
+        --out results/serve/results.tsv -- --models offline     # after --: flags for `alignatt serve`
+    python -m alignatt_eval.bench.serve_capacity ... --label unbatched -- --models offline --no-batch-drafts
 
 One server is started (models loaded once) and serves every round. First each talk is played alone; then, for
 each N, N talks are played at once. Per session: lag behind the speaker at each step (seconds of speech sent so
 far minus the audio the step had taken, when its answer arrived: queueing, compute and transport), the wait from
-end_of_stream to end_of_processing (the final pass), and its text scored with chrF against the same talk played
-alone and against the talk's reference translation. Live mode (the default) catches up with longer steps when a
-session falls behind, so a crowded server writes in bigger steps rather than falling ever further behind.
+end_of_stream to end_of_processing (the final pass), LongYAAL CU and CA against the talk's reference (OmniSTEval,
+the talk as one segment: CU times a unit by the audio its step had taken, CA by when the paced client received
+it), and its text against the same talk played alone (chrF, and the share of its units that differ) and against
+the reference (chrF). A talk played alone is a batch of one, so it is drafted exactly as without batching.
+Live mode (the default) catches up with longer steps when a session falls behind, so a crowded server writes in
+bigger steps rather than falling ever further behind; with `--fixed-chunks` a session's text depends on its audio
+only, so what differs from the talk alone is the batched kernels' rounding.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import json
 import os
 import platform
@@ -24,13 +30,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import soundfile
 import websockets
 
+from alignatt.cli.omnisteval import CA_KEY, omnisteval_command, run_omnisteval
 from alignatt.serve.session import appended_text
 from alignatt.text_units import is_char_level
 
@@ -52,7 +59,14 @@ class SessionRun:
     audio_s: float
     lags_s: tuple[float, ...]  # one per step answered before the end of the stream
     final_wait_s: float  # end_of_stream sent -> end_of_processing received
-    text: str
+    units: tuple[str, ...]
+    cu_ms: tuple[float, ...]  # per unit: audio the step that wrote it had taken
+    ca_ms: tuple[float, ...]  # per unit: when the client received it, from its first audio
+    lang: str
+
+    @property
+    def text(self) -> str:
+        return appended_text(list(self.units), is_char_level(self.lang))
 
     def lag(self, q: float) -> float:
         return float(np.quantile(self.lags_s, q)) if self.lags_s else float("nan")
@@ -70,18 +84,31 @@ def read_talks(folder: Path, lang: str) -> list[Talk]:
     return talks
 
 
-async def _receive(ws, start_s: float, char_level: bool) -> tuple[list[float], float, str]:
-    lags, units = [], []
+@dataclass
+class _Received:
+    lags_s: list[float] = field(default_factory=list)
+    units: list[str] = field(default_factory=list)
+    cu_ms: list[float] = field(default_factory=list)
+    ca_ms: list[float] = field(default_factory=list)
+    done_s: float = 0.0
+
+
+async def _receive(ws, start_s: float) -> _Received:
+    received = _Received()
     async for raw in ws:
         message, now = json.loads(raw), time.monotonic()
         if "error" in message:
             raise RuntimeError(f"the server refused the session: {message}")
         if "units" in message:
-            units += message["units"]
+            n_units = len(message["units"])
+            received.units += message["units"]
+            received.cu_ms += [message["audio_s"] * 1000.0] * n_units
+            received.ca_ms += [(now - start_s) * 1000.0] * n_units
             if not message["final"]:
-                lags.append(now - start_s - message["audio_s"])
+                received.lags_s.append(now - start_s - message["audio_s"])
         if message.get("end_of_processing"):
-            return lags, now, appended_text(units, char_level)
+            received.done_s = now
+            return received
     raise RuntimeError("the server closed the connection before end_of_processing")
 
 
@@ -93,15 +120,16 @@ async def paced_session(url: str, talk: Talk, lang: str) -> SessionRun:
         await ws.send(json.dumps({"sample_rate": rate, "target_lang": lang,
                                   "metrics_metadata": {"wav_name": talk.name}}))
         start = time.monotonic()
-        receiving = asyncio.create_task(_receive(ws, start, is_char_level(lang)))
+        receiving = asyncio.create_task(_receive(ws, start))
         for offset in range(0, len(samples), frame):
             end = min(len(samples), offset + frame)
             await asyncio.sleep(max(0.0, start + end / rate - time.monotonic()))
             await ws.send(samples[offset:end].tobytes())
         ended = time.monotonic()
         await ws.send(json.dumps({"end_of_stream": True}))
-        lags, done, text = await receiving
-    return SessionRun(talk.name, len(samples) / rate, tuple(lags), done - ended, text)
+        got = await receiving
+    return SessionRun(talk.name, len(samples) / rate, tuple(got.lags_s), got.done_s - ended, tuple(got.units),
+                      tuple(got.cu_ms), tuple(got.ca_ms), lang)
 
 
 async def play_round(url: str, talks: list[Talk], lang: str) -> list[SessionRun]:
@@ -127,14 +155,64 @@ def chrf(hypothesis: str, reference: str | None) -> float:
     return sacrebleu.sentence_chrf(hypothesis, [reference]).score if reference is not None else float("nan")
 
 
-def rows(n_sessions: int, runs: list[SessionRun], alone: dict[str, SessionRun], talks: dict[str, Talk]
-         ) -> list[dict]:
-    return [{"sessions": n_sessions, "talk": run.talk, "audio_s": round(run.audio_s, 1), "steps": len(run.lags_s),
-             "lag_mean_s": round(statistics.fmean(run.lags_s), 2) if run.lags_s else float("nan"),
-             "lag_p90_s": round(run.lag(0.9), 2), "lag_max_s": round(run.lag(1.0), 2),
-             "final_wait_s": round(run.final_wait_s, 2),
-             "chrf_vs_alone": round(chrf(run.text, alone[run.talk].text), 1),
-             "chrf_vs_reference": round(chrf(run.text, talks[run.talk].reference), 1)} for run in runs]
+def units_changed(run: SessionRun, alone: SessionRun) -> float:
+    """Share of the talk-alone units that this run does not write in the same place (difflib's matching blocks)."""
+    matcher = difflib.SequenceMatcher(a=list(alone.units), b=list(run.units), autojunk=False)
+    matched = sum(block.size for block in matcher.get_matching_blocks())
+    return 1.0 - matched / max(len(alone.units), len(run.units), 1)
+
+
+def text_delays(units: list[str], delays_ms: list[float], lang: str) -> list[float]:
+    """The time of every word (character in Chinese) of the text the client shows, as OmniSTEval splits it: a unit
+    that attaches to the word before it (a full stop) adds no word, and at character level each character, spaces
+    included, takes the time of the unit it came with."""
+    char_level, timed, previous = is_char_level(lang), [], None
+    for unit, delay_ms in zip(units, delays_ms):
+        piece = appended_text([unit], char_level, previous)
+        if char_level:
+            timed += [delay_ms] * len(piece)
+        else:
+            continues_word = previous is not None and not piece[:1].isspace()
+            timed += [delay_ms] * (len(piece.split()) - continues_word)
+        previous = unit
+    return timed
+
+
+def longyaal(run: SessionRun, talk: Talk, out: Path) -> tuple[float, float]:
+    """LongYAAL CU and CA (ms) of one session, by OmniSTEval (NaN without a reference or units)."""
+    if talk.reference is None or not run.units:
+        return float("nan"), float("nan")
+    out.mkdir(parents=True, exist_ok=True)
+    segments, references, hypotheses = out / "segments.json", out / "references.txt", out / "hypotheses.jsonl"
+    segments.write_text(json.dumps([{"wav": talk.wav.name, "offset": 0.0, "duration": run.audio_s}]))
+    references.write_text(talk.reference + "\n", encoding="utf-8")
+    hypothesis = {"source": [str(talk.wav.resolve())], "prediction": run.text,
+                  "delays": text_delays(list(run.units), list(run.cu_ms), run.lang),
+                  CA_KEY: text_delays(list(run.units), list(run.ca_ms), run.lang)}
+    hypotheses.write_text(json.dumps(hypothesis, ensure_ascii=False) + "\n", encoding="utf-8")
+    scores = run_omnisteval(omnisteval_command(segments, references, None, hypotheses, run.lang, out / "scores"),
+                            out / "scores")
+    return scores["LongYAAL (CU)"], scores["LongYAAL (CA)"]
+
+
+def rows(label: str, n_sessions: int, runs: list[SessionRun], alone: dict[str, SessionRun],
+         talks: dict[str, Talk], scratch: Path) -> list[dict]:
+    table = []
+    for run in runs:
+        cu_ms, ca_ms = longyaal(run, talks[run.talk], scratch / f"{label}-{n_sessions}-{run.talk}")
+        table.append({"label": label, **_row(n_sessions, run, alone, talks), "longyaal_cu_ms": round(cu_ms),
+                      "longyaal_ca_ms": round(ca_ms)})
+    return table
+
+
+def _row(n_sessions: int, run: SessionRun, alone: dict[str, SessionRun], talks: dict[str, Talk]) -> dict:
+    return {"sessions": n_sessions, "talk": run.talk, "audio_s": round(run.audio_s, 1), "steps": len(run.lags_s),
+            "lag_mean_s": round(statistics.fmean(run.lags_s), 2) if run.lags_s else float("nan"),
+            "lag_p90_s": round(run.lag(0.9), 2), "lag_max_s": round(run.lag(1.0), 2),
+            "final_wait_s": round(run.final_wait_s, 2),
+            "chrf_vs_alone": round(chrf(run.text, alone[run.talk].text), 1),
+            "units_changed": round(units_changed(run, alone[run.talk]), 3),
+            "chrf_vs_reference": round(chrf(run.text, talks[run.talk].reference), 1)}
 
 
 def machine() -> str:
@@ -157,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4, 8],
                         help="numbers of talks played at once (each needs that many different talks)")
     parser.add_argument("--target-lang", default="de")
-    parser.add_argument("--out", type=Path, default=None, help="also write the table here (TSV)")
+    parser.add_argument("--label", default="", help="names this run's rows (e.g. batched, unbatched)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="also write the table here (TSV; rows are appended to an existing table)")
     parser.add_argument("server_flags", nargs=argparse.REMAINDER, help="after --: flags for alignatt serve")
     return parser
 
@@ -170,7 +250,8 @@ def main(argv: list[str] | None = None) -> None:
     if most > len(talks):
         raise SystemExit(f"{most} sessions need {most} different talks; {args.talks} holds {len(talks)}")
     print(f"machine: {machine()}; load average at start {os.getloadavg()[0]:.2f}", flush=True)
-    log = Path(tempfile.mkdtemp(prefix="serve-capacity-")) / "server.log"
+    scratch = Path(tempfile.mkdtemp(prefix="serve-capacity-"))
+    log = scratch / "server.log"
     server, port = start_server(server_flags, most, log)
     print(f"server log: {log}", flush=True)
     url, by_name = f"ws://127.0.0.1:{port}/ws", {talk.name: talk for talk in talks}
@@ -178,19 +259,29 @@ def main(argv: list[str] | None = None) -> None:
         alone = {}
         for talk in talks[:most]:  # each talk played alone: the text the crowded rounds are compared with
             [alone[talk.name]] = asyncio.run(play_round(url, [talk], args.target_lang))
-        table = rows(1, [alone[talk.name] for talk in talks[:most]], alone, by_name)
+        rounds = {1: [alone[talk.name] for talk in talks[:most]]}
         for n_sessions in sorted(set(args.sessions) - {1}):
-            table += rows(n_sessions, asyncio.run(play_round(url, talks[:n_sessions], args.target_lang)), alone,
-                          by_name)
+            rounds[n_sessions] = asyncio.run(play_round(url, talks[:n_sessions], args.target_lang))
     finally:
         server.terminate()
         server.wait(timeout=120)
     print(f"load average at end {os.getloadavg()[0]:.2f}")
+    table = [row for n_sessions, runs in rounds.items()
+             for row in rows(args.label, n_sessions, runs, alone, by_name, scratch)]
     print_rows(table)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        keys = list(table[0])
-        args.out.write_text("\n".join(["\t".join(keys)] + ["\t".join(str(r[k]) for k in keys) for r in table]) + "\n")
+        write_rows(args.out, table)
+
+
+def write_rows(path: Path, table: list[dict]) -> None:
+    """Append to the TSV at `path` (with its header when new)."""
+    keys = list(table[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with path.open("a", encoding="utf-8") as out:
+        if new:
+            out.write("\t".join(keys) + "\n")
+        out.writelines("\t".join(str(row[key]) for key in keys) + "\n" for row in table)
 
 
 if __name__ == "__main__":
