@@ -104,7 +104,7 @@ class ServerThread:
     def __init__(self, builder, fixed_chunks: bool = True, **server_options):
         self.scheduler = Scheduler(builder, SchedulerOptions(
             fixed_chunks=fixed_chunks, max_queue_s=server_options.pop("max_queue_s", 20.0),
-            batch_drafts=server_options.pop("batch_drafts", True)))
+            batch_drafts=server_options.pop("batch_drafts", "on")))
         self.server = Server(self.scheduler, replace(ServerOptions(port=0), **server_options))
         self.loop = asyncio.new_event_loop()
         self._started = threading.Event()

@@ -124,3 +124,24 @@ def test_rows_that_cannot_share_a_batch_are_drafted_alone(model64, gemma_tok):
 
 def test_slot_sizes_are_powers_of_two():
     assert [slot_size(n) for n in (1, 2, 3, 4, 5, 8, 9)] == [1, 2, 4, 4, 8, 8, 16]
+
+
+@pytest.mark.slow
+def test_compiled_sessions_batch_in_slots_like_each_alone(model64, gemma_tok):
+    """Sessions on the compiled path (dynamo full graphs, as CUDA graphs need; aot_eager on CPU): the batched capture
+    writes every row inside the graph, and three rows in a slot of four draft as each session alone."""
+    torch._dynamo.reset()
+    compiled = DecodeConfig(decode="compiled", compile_backend="aot_eager", compile_mode="default",
+                            max_cache_tokens=256)
+
+    def sessions():
+        return [Translator(model64, gemma_tok, h, PromptConfig(target_lang=lang), decode_config=compiled)
+                for lang, h in zip(("de", "de", "it"), (HEADS, HEADS, OTHER_HEADS))]
+    alone, batched = sessions(), sessions()
+    decoder = BatchDecoder(model64, compiled.max_cache_tokens, compile=True)
+    for calls in STEPS[:2]:
+        expected = [t.draft_call(c) for t, c in zip(alone, calls)]
+        results, _ = draft_batched(decoder, batched, calls)
+        assert [r.draft_ids for r in results] == [e.draft_ids for e in expected]
+        assert all(np.allclose(r.attention.source, e.attention.source, atol=1e-9) for r, e in zip(results, expected))
+    assert [n for n, _ in decoder._slots] == [4]

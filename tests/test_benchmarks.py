@@ -148,3 +148,17 @@ def test_serve_capacity_scores_a_session_against_its_talk_alone_and_its_referenc
     write_rows(table, [{"label": "a", "n": 1}])
     write_rows(table, [{"label": "b", "n": 2}])
     assert table.read_text().splitlines() == ["label\tn", "a\t1", "b\t2"]
+
+
+@pytest.mark.slow
+def test_bench_batch_decode_tiny(tmp_path):
+    """Sessions drafted one after another and as one batch: the same drafts (fp32, tiny model), timed both ways."""
+    from alignatt_eval.bench import batch_decode
+
+    out = tmp_path / "batch.json"
+    assert batch_decode.main(["--tiny", "--sessions", "1", "3", "--repeats", "1", "--prompt-tokens", "64",
+                              "--draft-tokens", "4", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["sessions"] for r in rows] == [1, 3] and [r["drafts"] for r in rows] == [2, 6]
+    assert all(r["alone_ms"] > 0 and r["batched_ms"] > 0 for r in rows)
+    assert rows[0]["drafts_differing"] == 0  # a batch of one is the session's own decoder

@@ -99,12 +99,12 @@ def test_batched_drafts_give_each_talk_its_text_alone(gemma_tok, talks):
     settings = [{}, {"target_lang": "it"}, {"policy": "wait-k", "wait_k": 2}]
     expected = [alone(static, session_options(s, static.defaults, static.languages), audio)
                 for s, audio in zip(settings, talks)]
-    for batch in (True, False):
+    for batch in ("on", "off", "auto"):  # auto: off on a CPU
         with ServerThread(static, fixed_chunks=True, batch_drafts=batch) as served:
             results = gather(*(run_talk(served.url, audio, s) for s, audio in zip(settings, talks)))
             counts = served.scheduler._batcher.counts
         assert [r.units for r in results] == expected and all(r.finished for r in results)
-        assert (counts.rows > counts.batches > 3) if batch else counts.batches == 0
+        assert (counts.rows > counts.batches > 3) if batch == "on" else counts.batches == 0
 
 
 def test_round_robin_keeps_every_session_within_one_step_of_the_others(builder, talks):

@@ -30,8 +30,8 @@ from transformers.cache_utils import StaticLayer
 
 from alignatt.generation import CACHE_KWARG
 from alignatt.mt.capture import HeadRef
-from alignatt.mt.decoding import (Generated, Request, StaticDecoder, _stopping_criteria, as_id_list,
-                                  common_prefix_len, position_indexed_cache)
+from alignatt.mt.decoding import (Generated, Request, StaticDecoder, as_id_list, common_prefix_len,
+                                  position_indexed_cache, stopping_criteria)
 from alignatt.mt.static_capture import StaticQKCapture
 from alignatt.mt.translator import DraftCall, DraftResult, PreparedDraft, Translator
 
@@ -77,7 +77,7 @@ class _RowStops(StoppingCriteria):
         self.layout = layout
         self.end_ids = end_ids
         self.budgets = [rows[i].request.generation.max_new_tokens for i in layout.order]
-        self.criteria = [_stopping_criteria(rows[i].request, lambda n_fed, b=b: read(b, n_fed))
+        self.criteria = [stopping_criteria(rows[i].request, lambda n_fed, b=b: read(b, n_fed))
                          for b, i in enumerate(layout.order)]
         self.stopped_at: list[int | None] = [None] * len(layout.order) + [0] * (n_rows - len(layout.order))
 
@@ -115,13 +115,19 @@ def _ensure_initialised(layer: StaticLayer, like: StaticLayer, n_rows: int) -> N
 
 
 class BatchDecoder:
-    """Batched greedy generation over sessions' own static decoders, all of one model."""
+    """Batched greedy generation over sessions' own static decoders, all of one model.
+
+    A batch cache holds `max_cache_tokens` positions per row (for the proxy about 38 MB a row). Compiled, one is kept
+    per slot size (their graphs hold its addresses); eager, only the last `EAGER_SLOTS` sizes used are kept, as the
+    number of sessions due varies from tick to tick."""
+
+    EAGER_SLOTS = 2
 
     def __init__(self, model, max_cache_tokens: int, compile: bool = False):
         self.model = model
         self.max_cache_tokens = max_cache_tokens
         self.compile = compile
-        self._slots: dict[tuple[int, tuple[HeadRef, ...]], _BatchSlot] = {}
+        self._slots: dict[tuple[int, tuple[HeadRef, ...]], _BatchSlot] = {}  # least recently used first
 
     def fits(self, rows: Sequence[BatchRow]) -> bool:
         """One batch can serve these rows: one model, one generation config up to the budget, every prompt and
@@ -155,7 +161,7 @@ class BatchDecoder:
             rows[layout.order[b]].request.capture_from, n_fed, b, layout.pads[b])
         stops = _RowStops(rows, layout, read, end_ids, n_rows)
         budget = max(row.request.generation.max_new_tokens for row in rows)
-        config = rows[0].decoder._generation_config(_with_budget(generation, budget))
+        config = rows[0].decoder.generation_config(_with_budget(generation, budget))
         with slot.capture:
             output = _batched_generate(self.model, input_ids, mask, config, rows[0].decoder.head,
                                        **{CACHE_KWARG: slot.cache, "stopping_criteria": StoppingCriteriaList([stops])})
@@ -183,9 +189,11 @@ class BatchDecoder:
 
     def _slot(self, n_rows: int, heads: tuple[HeadRef, ...]) -> _BatchSlot:
         key = (n_rows, heads)
-        if key not in self._slots:
-            self._slots[key] = _BatchSlot(self.model, heads, n_rows, self.max_cache_tokens)
-        return self._slots[key]
+        slot = self._slots.pop(key, None) or _BatchSlot(self.model, heads, n_rows, self.max_cache_tokens)
+        self._slots[key] = slot
+        if not self.compile and len(self._slots) > self.EAGER_SLOTS:
+            del self._slots[next(iter(self._slots))]
+        return slot
 
     @staticmethod
     def _load_row(slot: _BatchSlot, b: int, decoder: StaticDecoder, pad: int, reused: int) -> None:

@@ -100,10 +100,10 @@ def _generate_kwargs(request: Request, read: Callable[[int], object]) -> dict:
     """The request's generate() arguments, with its stop callback added to its stopping criteria."""
     if request.stop_when is None:
         return request.generate_kwargs
-    return {**request.generate_kwargs, "stopping_criteria": _stopping_criteria(request, read)}
+    return {**request.generate_kwargs, "stopping_criteria": stopping_criteria(request, read)}
 
 
-def _stopping_criteria(request: Request, read: Callable[[int], object]) -> StoppingCriteriaList:
+def stopping_criteria(request: Request, read: Callable[[int], object]) -> StoppingCriteriaList:
     """The request's stopping criteria and its stop callback (which counts the tokens after the request's prompt)."""
     criteria = list(request.generate_kwargs.get("stopping_criteria", ()))
     if request.stop_when is not None:
@@ -273,7 +273,8 @@ class StaticDecoder:
         self.compile_failed = False
         self._warned_long = False
 
-    def _generation_config(self, generation: GenerationConfig) -> GenerationConfig:
+    def generation_config(self, generation: GenerationConfig) -> GenerationConfig:
+        """`generation` as this decoder runs it (with its compile settings)."""
         return generation_with_compile(generation, self.compile, self.config.compile_backend, self.config.compile_mode)
 
     def fits(self, request: Request) -> bool:
@@ -312,7 +313,7 @@ class StaticDecoder:
                     self.prompt_kv.rewind(input_ids + verified, reuse=True)
                     generation = after_tokens(generation, len(verified), self.model)
                 rest = _run_generate(self.model, torch.tensor([input_ids + verified], device=self.model.device),
-                                     self._generation_config(generation), self.head,
+                                     self.generation_config(generation), self.head,
                                      **{CACHE_KWARG: self.prompt_kv.cache}, **_generate_kwargs(request, read))
         tokens = verified + rest
         fed = input_ids + tokens[:-1]  # the last generated token is never fed back
@@ -335,7 +336,7 @@ class StaticDecoder:
             output = self._forward(sequence, reused, n_rows)
             self.prompt_kv.fed(sequence)
             return output
-        return self.draft_reuse.verify(request, forward, _stopping_criteria(request, read))
+        return self.draft_reuse.verify(request, forward, stopping_criteria(request, read))
 
     def _forward(self, sequence: list[int], reused: int, n_rows: int):
         """The model's forward over `sequence` after its `reused` cached positions, with the head on the last

@@ -10,7 +10,12 @@ Two ways to take audio:
 - live (the default): a step takes every whole chunk that has arrived, so a session that fell behind catches up
   with a longer step, as the demo does; its text then depends on how the steps fell.
 - fixed chunks: a step takes exactly one chunk (`step_ms` of audio), never more, so a session's text depends
-  only on its audio and equals the text of the same talk served alone, however many talks share the models.
+  only on its audio and equals the text of the same talk served alone, however many talks share the models
+  (with batched drafts, up to the rounding of batched kernels).
+
+With batched drafts a tick first runs every due session's step up to its draft (the ASR, one session after
+another), then drafts for all of them in one batch (`alignatt.mt.batching`) until every step is done; without,
+each session's whole step runs before the next one's.
 
 Queues are bounded: a client whose queue holds `max_queue_s` of audio is not read from until a step takes some
 (the server stops reading its socket, and TCP holds the client back).
@@ -37,6 +42,7 @@ from alignatt.text_units import split_units
 
 logger = logging.getLogger(__name__)
 
+BATCH_MODES = ("auto", "on", "off")
 IDLE_WAIT_S = 0.5  # the worker looks again this often when no session is due (a new chunk wakes it at once)
 
 
@@ -45,9 +51,11 @@ class SchedulerOptions:
     fixed_chunks: bool = field(default=False, metadata={
         "help": "every step takes exactly one step_ms chunk (no catch-up): a session's text is deterministic and "
                 "equal to the same talk's text served alone; live clients fall behind on a slow machine"})
-    batch_drafts: bool = field(default=True, metadata={
-        "help": "draft for every session of a tick in one batch (per session when off, or where sessions cannot "
-                "share a batch: the eager decoding path, other models)"})
+    batch_drafts: str = field(default="auto", metadata={
+        "help": "on: draft for every session of a tick in one batch (per session where sessions cannot share a "
+                "batch: the eager decoding path, other models); off: each session alone; auto: on where the "
+                "translator runs on a GPU (on CPU a batch loses the screened LM head and draft reuse and is slower, "
+                "results/serve)"})
     max_queue_s: float = field(default=20.0, metadata={
         "help": "audio a session may have waiting for its steps; a client ahead by more is not read from until "
                 "a step takes some (backpressure)"})
@@ -55,6 +63,8 @@ class SchedulerOptions:
     def __post_init__(self):
         if self.max_queue_s <= 0:
             raise ValueError(f"max_queue_s must be positive, got {self.max_queue_s}")
+        if self.batch_drafts not in BATCH_MODES:
+            raise ValueError(f"batch_drafts must be one of {', '.join(BATCH_MODES)}, got {self.batch_drafts!r}")
 
 
 class AudioQueue:
@@ -224,7 +234,7 @@ class Scheduler:
         a local variable of the loop: a closed session's state goes as soon as the scheduler forgets it.)"""
         due = self._due_slots()
         steps = [self._begin(slot) for slot in due]
-        if self.options.batch_drafts:
+        if self._batches(due):
             self._run_batched(steps)
         else:
             for step in steps:
@@ -235,6 +245,11 @@ class Scheduler:
             self.tick_history.append(tuple(slot.session.id for slot in due))
             self.ticks += 1
         return bool(due)
+
+    def _batches(self, due: list[Slot]) -> bool:
+        if self.options.batch_drafts != "auto":
+            return self.options.batch_drafts == "on"
+        return any(slot.session.cascade.translator.model.device.type == "cuda" for slot in due)
 
     def _apply_commands(self) -> None:
         while True:

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The prepared GPU run of the speed work (decode and chunk-step benchmarks), sized for one device call.
+# The prepared GPU run of the speed work (decode, chunk-step and batched-draft benchmarks), sized for one device call.
 # Here first, once:  bash alignatt_eval/bench/gpu_checks.sh --prepare   (tokenizers + the transformers wheel to carry)
 # Then on the device: run(command="bash alignatt_eval/bench/gpu_checks.sh", carry=["eval/offline_assets.tgz", "eval/wheels"])
 # BENCH_ARGS=--tiny runs the same flow on CPU with scaled-down models (a dry run of this script).
 # Results land in $OUT (the device's return folder) or results/gpu; copy them to results/.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."  # the repository root
 
 if [ "${1:-}" = "--prepare" ]; then
   rm -rf eval/offline_assets && python3 -m alignatt_eval.runners.offline_tokenizers --out eval/offline_assets
@@ -33,10 +33,13 @@ python3 -c "import regex, torch, transformers; print('torch', torch.__version__,
 'regex', regex.__version__)" >> "$OUT/status.txt" 2>&1
 # Separate time limits, so that one slow part still leaves the other's numbers (each row is also logged as
 # soon as it is measured, so a killed run keeps what it finished).
-timeout "${DECODE_S:-330}" python3 -m alignatt_eval.bench.decode ${BENCH_ARGS:-} --out "$OUT/bench_decode.json" > "$OUT/bench_decode.log" 2>&1
+timeout "${DECODE_S:-250}" python3 -m alignatt_eval.bench.decode ${BENCH_ARGS:-} --out "$OUT/bench_decode.json" > "$OUT/bench_decode.log" 2>&1
 echo "bench_decode exit $?" >> "$OUT/status.txt"
-timeout "${CHUNK_S:-240}" python3 -m alignatt_eval.bench.chunk ${BENCH_ARGS:-} --out "$OUT/bench_chunk.json" > "$OUT/bench_chunk.log" 2>&1
+timeout "${CHUNK_S:-180}" python3 -m alignatt_eval.bench.chunk ${BENCH_ARGS:-} --out "$OUT/bench_chunk.json" > "$OUT/bench_chunk.log" 2>&1
 echo "bench_chunk exit $?" >> "$OUT/status.txt"
+timeout "${BATCH_S:-130}" python3 -m alignatt_eval.bench.batch_decode ${BENCH_ARGS:-} --sessions 1 2 4 8 \
+  --out "$OUT/bench_batch.json" > "$OUT/bench_batch.log" 2>&1
+echo "bench_batch exit $?" >> "$OUT/status.txt"
 # Optional (FP32_S=seconds): the replay-vs-teacher-forced check in fp32, where only rounding should differ.
 if [ -n "${FP32_S:-}" ]; then
   timeout "$FP32_S" python3 -m alignatt_eval.bench.decode ${BENCH_ARGS:-} --dtype float32 --repeats 1 \
@@ -44,4 +47,4 @@ if [ -n "${FP32_S:-}" ]; then
   echo "bench_decode fp32 exit $?" >> "$OUT/status.txt"
 fi
 cat "$OUT/status.txt"
-tail -n 14 "$OUT/bench_decode.log" "$OUT/bench_chunk.log"
+tail -n 14 "$OUT/bench_decode.log" "$OUT/bench_chunk.log" "$OUT/bench_batch.log"

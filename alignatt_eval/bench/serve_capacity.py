@@ -3,8 +3,8 @@ real time, and how far each one's text trails its speaker.
 
     python -m alignatt_eval.runners.synth_talks --talks 8 --max-seconds 40 --out /tmp/talks
     python -m alignatt_eval.bench.serve_capacity --talks /tmp/talks --sessions 1 2 4 8 --label batched \
-        --out results/serve/results.tsv -- --models offline     # after --: flags for `alignatt serve`
-    python -m alignatt_eval.bench.serve_capacity ... --label unbatched -- --models offline --no-batch-drafts
+        --out results/serve/results.tsv -- --models offline --batch-drafts on   # after --: `alignatt serve` flags
+    python -m alignatt_eval.bench.serve_capacity ... --label unbatched -- --models offline --batch-drafts off
 
 One server is started (models loaded once) and serves every round. First each talk is played alone; then, for
 each N, N talks are played at once. Per session: lag behind the speaker at each step (seconds of speech sent so
