@@ -145,3 +145,24 @@ def test_compiled_sessions_batch_in_slots_like_each_alone(model64, gemma_tok):
         assert [r.draft_ids for r in results] == [e.draft_ids for e in expected]
         assert all(np.allclose(r.attention.source, e.attention.source, atol=1e-9) for r, e in zip(results, expected))
     assert [n for n, _ in decoder._slots] == [4]
+
+
+@pytest.mark.slow
+def test_the_server_compiles_its_batch_slots_before_the_first_talk(gemma_tok):
+    """Compiled sessions batch in slot sizes; the server drafts once per slot size at load, so no batched graph is
+    compiled mid-talk (with three sessions allowed: slots of 2 and 4)."""
+    from alignatt.serve.scheduler import Scheduler, SchedulerOptions
+    from serve_fixtures import ScriptedBuilder
+
+    torch._dynamo.reset()
+    compiled = DecodeConfig(decode="compiled", compile_backend="aot_eager", compile_mode="default",
+                            max_cache_tokens=256)
+    builder = ScriptedBuilder(build_gemma4_conditional(vocab_size=len(gemma_tok)), gemma_tok, decode=compiled)
+    scheduler = Scheduler(builder, SchedulerOptions(batch_drafts="on"))
+    scheduler.warm_up_batches(3)
+    assert scheduler._batcher.counts.batches == 2 and scheduler._batcher.counts.rows == 5
+    [decoder] = scheduler._batcher._decoders.values()
+    assert sorted(n for n, _ in decoder._slots) == [2, 4]
+    unbatched = Scheduler(builder, SchedulerOptions(batch_drafts="off"))
+    unbatched.warm_up_batches(3)  # nothing is batched: nothing to compile
+    assert unbatched._batcher.counts.batches == 0

@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         raise SystemExit(f"alignatt serve: {err}") from err
     setup_metrics_log(server_options.metrics_log)
-    builder = load(args)
-    asyncio.run(serve(Server(Scheduler(builder, scheduler_options), server_options)))
+    scheduler = Scheduler(load(args), scheduler_options)
+    scheduler.warm_up_batches(server_options.max_sessions)
+    asyncio.run(serve(Server(scheduler, server_options)))
     return 0

@@ -34,15 +34,16 @@ from typing import Callable
 
 import numpy as np
 
-from alignatt.mt.batching import DraftBatcher
+from alignatt.mt.batching import DraftBatcher, slot_size
 from alignatt.mt.translator import DraftCall, DraftResult
 from alignatt.serve.session import CascadeBuilder, Session, SessionOptions
-from alignatt.stream.cascade import Translation
+from alignatt.stream.cascade import Cascade, Translation
 from alignatt.text_units import split_units
 
 logger = logging.getLogger(__name__)
 
 BATCH_MODES = ("auto", "on", "off")
+WARM_UP_SOURCE = "This sentence only warms up the batched drafts of the translator."
 IDLE_WAIT_S = 0.5  # the worker looks again this often when no session is due (a new chunk wakes it at once)
 
 
@@ -247,9 +248,27 @@ class Scheduler:
         return bool(due)
 
     def _batches(self, due: list[Slot]) -> bool:
+        return self._batching([slot.session.cascade for slot in due])
+
+    def _batching(self, cascades: list[Cascade]) -> bool:
         if self.options.batch_drafts != "auto":
             return self.options.batch_drafts == "on"
-        return any(slot.session.cascade.translator.model.device.type == "cuda" for slot in due)
+        return any(cascade.translator.model.device.type == "cuda" for cascade in cascades)
+
+    def warm_up_batches(self, n_sessions: int) -> None:
+        """Before the worker starts: one batched draft per slot size up to `n_sessions` sessions, so that no batched
+        decode graph is compiled during a talk (only compiled decoding batches in slot sizes; otherwise nothing
+        to do)."""
+        first = self.builder.build(self.builder.defaults)
+        if n_sessions < 2 or not getattr(first.translator.decoder, "compile", False) or not self._batching([first]):
+            return
+        cascades = [first] + [self.builder.build(self.builder.defaults) for _ in range(n_sessions - 1)]
+        for size in sorted({slot_size(n) for n in range(2, n_sessions + 1)}):
+            chosen = cascades[:min(size, n_sessions)]
+            started = time.monotonic()
+            self._batcher.draft_many([(c.translator, DraftCall(WARM_UP_SOURCE, len(WARM_UP_SOURCE.split())))
+                                      for c in chosen])
+            logger.info("batched drafts of %d sessions compiled in %.1f s", size, time.monotonic() - started)
 
     def _apply_commands(self) -> None:
         while True:
