@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from agent_fixtures import SPEECH_DIR, save_tiny_checkpoints
+from agent_fixtures import DEMO_SPEECH_DIR, SPEECH_DIR, save_tiny_checkpoints
 from alignatt_eval.bench import chunk as bench_chunk, decode as bench_decode, lm_head as bench_lm_head
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,3 +162,24 @@ def test_bench_batch_decode_tiny(tmp_path):
     assert [r["sessions"] for r in rows] == [1, 3] and [r["drafts"] for r in rows] == [2, 6]
     assert all(r["alone_ms"] > 0 and r["batched_ms"] > 0 for r in rows)
     assert rows[0]["drafts_differing"] == 0  # a batch of one is the session's own decoder
+
+
+@pytest.mark.slow
+def test_bench_asr_batch_times_and_compares_padded_windows(tmp_path):
+    """The batched-ASR measurement on real speech with faster-whisper base: windows of two talks, their encoder
+    alone and batched, and whether padding to the longest changes their words (never the longest's own)."""
+    import shutil
+
+    from alignatt_eval.bench import asr_batch
+
+    (tmp_path / "wav").mkdir()
+    for name in ("a", "b"):
+        shutil.copy(DEMO_SPEECH_DIR / "two_cities_16k.wav", tmp_path / "wav" / f"{name}.wav")
+    out = tmp_path / "asr.json"
+    asr_batch.main(["--talks", str(tmp_path), "--sessions", "2", "--window-s", "2", "8", "--start-s", "0",
+                    "--repeats", "1", "--out", str(out)])
+    [row] = json.loads(out.read_text())["rows"]
+    assert row["window_s"] == [2.0, 8.0] and row["padded_to_frames"] == max(row["encoder_frames"])
+    assert row["encoder_frames"][0] < row["encoder_frames"][1]  # 2 s fit in the 10 s minimum, 8 s + 3 s do not
+    assert min(row["encoder_alone_s"], row["encoder_batched_padded_s"], row["transcribe_alone_s"]) > 0
+    assert 0 <= row["windows_whose_words_change_padded"] <= 1
