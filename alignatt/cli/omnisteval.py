@@ -6,6 +6,7 @@ ms of audio read) and CA_KEY (the same plus the compute time of the step that wr
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -64,3 +65,17 @@ def run_omnisteval(command: list[str], out_dir: Path) -> dict[str, float]:
     if done.returncode != 0:
         raise RuntimeError(f"omnisteval failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
     return read_scores_tsv(out_dir / "scores.tsv")
+
+
+def score_talk(wav: Path, duration_s: float, reference: str, prediction: str, cu_ms: list[float],
+               ca_ms: list[float], lang: str, out: Path) -> dict[str, float]:
+    """BLEU, chrF and LongYAAL CU/CA of one talk scored as one reference segment: `prediction` with a CU and a CA
+    time per unit OmniSTEval counts in it (word, or character in Chinese), files and scores under `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    segments, references, hypotheses = out / "segments.json", out / "references.txt", out / "hypotheses.jsonl"
+    segments.write_text(json.dumps([{"wav": wav.name, "offset": 0.0, "duration": duration_s}]))
+    references.write_text(" ".join(reference.split()) + "\n", encoding="utf-8")
+    hypothesis = {"source": [str(wav.resolve())], "prediction": prediction, "delays": cu_ms, CA_KEY: ca_ms}
+    hypotheses.write_text(json.dumps(hypothesis, ensure_ascii=False) + "\n", encoding="utf-8")
+    return run_omnisteval(omnisteval_command(segments, references, None, hypotheses, lang, out / "omnisteval"),
+                          out / "omnisteval")

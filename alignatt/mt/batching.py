@@ -20,7 +20,7 @@ step's graph is captured once per slot size rather than once per number of sessi
 """
 from __future__ import annotations
 
-import logging
+import copy
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -31,11 +31,9 @@ from transformers.cache_utils import StaticLayer
 from alignatt.generation import CACHE_KWARG
 from alignatt.mt.capture import HeadRef
 from alignatt.mt.decoding import (Generated, Request, StaticDecoder, as_id_list, common_prefix_len,
-                                  position_indexed_cache, stopping_criteria)
+                                  generate_new_tokens, position_indexed_cache, stopping_criteria)
 from alignatt.mt.static_capture import StaticQKCapture
 from alignatt.mt.translator import DraftCall, DraftResult, PreparedDraft, Translator
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -163,8 +161,9 @@ class BatchDecoder:
         budget = max(row.request.generation.max_new_tokens for row in rows)
         config = rows[0].decoder.generation_config(_with_budget(generation, budget))
         with slot.capture:
-            output = _batched_generate(self.model, input_ids, mask, config, rows[0].decoder.head,
-                                       **{CACHE_KWARG: slot.cache, "stopping_criteria": StoppingCriteriaList([stops])})
+            output = generate_new_tokens(self.model, input_ids, mask, config, rows[0].decoder.head,
+                                         **{CACHE_KWARG: slot.cache,
+                                            "stopping_criteria": StoppingCriteriaList([stops])})
         results: list[Generated | None] = [None] * len(rows)
         for b, i in enumerate(layout.order):
             results[i] = self._finish_row(slot, b, rows[i], layout, output[b], stops.stopped_at[b], end_ids)
@@ -255,16 +254,9 @@ class BatchDecoder:
 
 
 def _with_budget(generation: GenerationConfig, max_new_tokens: int) -> GenerationConfig:
-    generation = GenerationConfig.from_dict(generation.to_dict())
+    generation = copy.deepcopy(generation)
     generation.max_new_tokens = max_new_tokens
     return generation
-
-
-def _batched_generate(model, input_ids: torch.Tensor, mask: torch.Tensor, generation: GenerationConfig, head,
-                      **kwargs) -> torch.Tensor:
-    generation, kwargs, installed = head.generate_args(generation, kwargs, input_ids.shape[1])
-    with torch.no_grad(), installed:
-        return model.generate(input_ids, attention_mask=mask, generation_config=generation, **kwargs)[:, input_ids.shape[1]:]
 
 
 @dataclass

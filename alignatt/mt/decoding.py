@@ -174,13 +174,18 @@ class DecodeHooks:
 DecodeAccel = Callable[[Any, str], DecodeHooks]
 
 
-def _run_generate(model, input_ids: torch.Tensor, generation: GenerationConfig, head: GreedyHead,
-                  **kwargs) -> list[int]:
+def generate_new_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, generation: GenerationConfig,
+                        head: GreedyHead, **kwargs) -> torch.Tensor:
+    """(B, new) the tokens generate() adds after `input_ids` (B, n), with `head` installed for the call."""
     generation, kwargs, installed = head.generate_args(generation, kwargs, input_ids.shape[1])
     with torch.no_grad(), installed:
-        output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), generation_config=generation,
-                                **kwargs)
-    return output[0, input_ids.shape[1]:].tolist()
+        output = model.generate(input_ids, attention_mask=attention_mask, generation_config=generation, **kwargs)
+    return output[:, input_ids.shape[1]:]
+
+
+def _run_generate(model, input_ids: torch.Tensor, generation: GenerationConfig, head: GreedyHead,
+                  **kwargs) -> list[int]:
+    return generate_new_tokens(model, input_ids, torch.ones_like(input_ids), generation, head, **kwargs)[0].tolist()
 
 
 class EagerDecoder:

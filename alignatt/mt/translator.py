@@ -251,14 +251,14 @@ class Translator:
         return self.draft_call(DraftCall(source, n_accessible_units, target_prefix, tuple(history), stop_at,
                                          max_units))
 
-    def draft_call(self, call: "DraftCall") -> DraftResult:
+    def draft_call(self, call: DraftCall) -> DraftResult:
         """`draft` for one `DraftCall`, on this translator's own decoder."""
         prepared = self.prepare_draft(call)
         if isinstance(prepared, DraftResult):
             return prepared
         return self.complete_draft(prepared, self.decoder.generate(prepared.request))
 
-    def prepare_draft(self, call: "DraftCall") -> "PreparedDraft | DraftResult":
+    def prepare_draft(self, call: DraftCall) -> PreparedDraft | DraftResult:
         """The generation a draft needs (a DraftResult at once when there is nothing to draft); a decoder runs
         its request, alone (`draft_call`) or batched with other sessions' (`alignatt.mt.batching`)."""
         prompt = self.prompts.render(call.source, call.target_prefix, call.n_accessible_units, call.history)
@@ -270,7 +270,7 @@ class Translator:
                                 stop_when=self._early_stop(prompt, reader, call.stop_at, call.max_units))
         return PreparedDraft(prompt, reader, request)
 
-    def complete_draft(self, prepared: "PreparedDraft", generated: Generated) -> DraftResult:
+    def complete_draft(self, prepared: PreparedDraft, generated: Generated) -> DraftResult:
         """The draft and its alignments from the generation of a prepared draft."""
         draft_ids, ended = self._split_end(prepared.prompt, generated.token_ids)
         alignments = prepared.reader.read(generated.captured, len(draft_ids))[:len(draft_ids)]

@@ -24,6 +24,7 @@ from alignatt.options import add_dataclass_arguments, dataclass_from_args
 from alignatt.serve.scheduler import Scheduler, SchedulerOptions
 from alignatt.serve.server import METRICS, Server, ServerOptions, setup_metrics_log
 from alignatt.serve.session import FactoryBuilder, SessionError
+from alignatt.stream.cascade import Cascade
 
 logger = logging.getLogger(__name__)
 LANGUAGE_FLAGS = ("heads", "few_shot_file")  # what another target language than the server's own changes
@@ -58,18 +59,19 @@ def language_flags(models: str):
     return flags
 
 
-def load(args: argparse.Namespace) -> FactoryBuilder:
-    """The models, loaded and warmed up once (a first session is built and dropped) before any client comes."""
+def load(args: argparse.Namespace) -> tuple[FactoryBuilder, Cascade]:
+    """The models, loaded and warmed up once before any client comes, and the first session built with them (for
+    the batched drafts' warm-up; no client gets it)."""
     began = time.perf_counter()
     try:
         builder = FactoryBuilder(args, ModelPool(), language_flags(args.models))
-        builder.build(builder.defaults)
+        first = builder.build(builder.defaults)
     except (SessionError, HeadsFileError, ValueError, OSError) as err:
         raise SystemExit(f"alignatt serve: {err}") from err
     loaded_s = time.perf_counter() - began
     METRICS.info(json.dumps({"model_loading_time": loaded_s}))
     logger.info("models loaded in %.1f s; languages served: %s", loaded_s, ", ".join(builder.languages))
-    return builder
+    return builder, first
 
 
 async def serve(server: Server) -> None:
@@ -99,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         raise SystemExit(f"alignatt serve: {err}") from err
     setup_metrics_log(server_options.metrics_log)
-    scheduler = Scheduler(load(args), scheduler_options)
-    scheduler.warm_up_batches(server_options.max_sessions)
+    builder, first = load(args)
+    scheduler = Scheduler(builder, scheduler_options)
+    scheduler.warm_up_batches(server_options.max_sessions, first)
+    del first  # no client gets it: its decoder's cache goes now, not at shutdown
     asyncio.run(serve(Server(scheduler, server_options)))
     return 0

@@ -235,7 +235,7 @@ class Scheduler:
         a local variable of the loop: a closed session's state goes as soon as the scheduler forgets it.)"""
         due = self._due_slots()
         steps = [self._begin(slot) for slot in due]
-        if self._batches(due):
+        if self._batching([slot.session.cascade for slot in due]):
             self._run_batched(steps)
         else:
             for step in steps:
@@ -247,19 +247,15 @@ class Scheduler:
             self.ticks += 1
         return bool(due)
 
-    def _batches(self, due: list[Slot]) -> bool:
-        return self._batching([slot.session.cascade for slot in due])
-
     def _batching(self, cascades: list[Cascade]) -> bool:
         if self.options.batch_drafts != "auto":
             return self.options.batch_drafts == "on"
         return any(cascade.translator.model.device.type == "cuda" for cascade in cascades)
 
-    def warm_up_batches(self, n_sessions: int) -> None:
+    def warm_up_batches(self, n_sessions: int, first: Cascade) -> None:
         """Before the worker starts: one batched draft per slot size up to `n_sessions` sessions, so that no batched
         decode graph is compiled during a talk (only compiled decoding batches in slot sizes; otherwise nothing
-        to do)."""
-        first = self.builder.build(self.builder.defaults)
+        to do). `first`: a cascade already built with the default options, which tells whether there is."""
         if n_sessions < 2 or not getattr(first.translator.decoder, "compile", False) or not self._batching([first]):
             return
         cascades = [first] + [self.builder.build(self.builder.defaults) for _ in range(n_sessions - 1)]
@@ -325,8 +321,6 @@ class Scheduler:
         if was_full and not slot.queue.full():
             slot.on_space()
         cascade = slot.session.cascade
-        if not samples.size:
-            cascade.last_step = None
         return _Running(slot, cascade.step(samples, slot.queue.rate_hz, end_of_stream=final), bool(samples.size),
                         final, arrived_s)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,8 +60,7 @@ def backend(fit_min_frames: int | None) -> WhisperBackend:
     padded to at least that many frames, as a batch of that length would feed it."""
     options = WhisperOptions(encoder="ctranslate2", encoder_window="fit")
     if fit_min_frames is not None:
-        options = WhisperOptions(encoder="ctranslate2", encoder_window="fit",
-                                 fit_min_ms=fit_min_frames * 10.0)  # 100 frames per second
+        options = replace(options, fit_min_ms=fit_min_frames * 10.0)  # 100 frames per second
     return WhisperBackend.from_options(options)
 
 

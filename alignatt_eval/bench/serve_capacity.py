@@ -37,7 +37,7 @@ import numpy as np
 import soundfile
 import websockets
 
-from alignatt.cli.omnisteval import CA_KEY, omnisteval_command, run_omnisteval
+from alignatt.cli.omnisteval import score_talk
 from alignatt.serve.session import appended_text
 from alignatt.text_units import is_char_level
 
@@ -182,16 +182,9 @@ def longyaal(run: SessionRun, talk: Talk, out: Path) -> tuple[float, float]:
     """LongYAAL CU and CA (ms) of one session, by OmniSTEval (NaN without a reference or units)."""
     if talk.reference is None or not run.units:
         return float("nan"), float("nan")
-    out.mkdir(parents=True, exist_ok=True)
-    segments, references, hypotheses = out / "segments.json", out / "references.txt", out / "hypotheses.jsonl"
-    segments.write_text(json.dumps([{"wav": talk.wav.name, "offset": 0.0, "duration": run.audio_s}]))
-    references.write_text(talk.reference + "\n", encoding="utf-8")
-    hypothesis = {"source": [str(talk.wav.resolve())], "prediction": run.text,
-                  "delays": text_delays(list(run.units), list(run.cu_ms), run.lang),
-                  CA_KEY: text_delays(list(run.units), list(run.ca_ms), run.lang)}
-    hypotheses.write_text(json.dumps(hypothesis, ensure_ascii=False) + "\n", encoding="utf-8")
-    scores = run_omnisteval(omnisteval_command(segments, references, None, hypotheses, run.lang, out / "scores"),
-                            out / "scores")
+    scores = score_talk(talk.wav, run.audio_s, talk.reference, run.text,
+                        text_delays(list(run.units), list(run.cu_ms), run.lang),
+                        text_delays(list(run.units), list(run.ca_ms), run.lang), run.lang, out)
     return scores["LongYAAL (CU)"], scores["LongYAAL (CA)"]
 
 

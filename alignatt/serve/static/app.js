@@ -89,22 +89,27 @@ function startTalk(ws) {
   render();
   $("heard").textContent = "";
   $("latency").textContent = "";
-  $("mic").disabled = true;
-  $("file").disabled = true;
-  $("stop").disabled = false;
+  setTalking(true);
+}
+
+function setTalking(talking) {
+  $("mic").disabled = talking;
+  $("file").disabled = talking;
+  $("stop").disabled = !talking;
+}
+
+function stopCapturing() {
+  if (talk.stopCapture) talk.stopCapture();
+  talk.stopCapture = null;
 }
 
 function finishTalk() {
-  if (talk.stopCapture) talk.stopCapture();
-  talk.stopCapture = null;
-  $("mic").disabled = false;
-  $("file").disabled = false;
-  $("stop").disabled = true;
+  stopCapturing();
+  setTalking(false);
 }
 
 function endOfStream() {
-  if (talk.stopCapture) talk.stopCapture();
-  talk.stopCapture = null;
+  stopCapturing();
   if (talk.ws && talk.ws.readyState === WebSocket.OPEN) {
     talk.ws.send(JSON.stringify({ end_of_stream: true }));
     setState("finishing the last sentence…");
